@@ -1,0 +1,1 @@
+"""Trainyard's shared core: imported by the gateway, the services and the training program."""

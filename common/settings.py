@@ -1,0 +1,101 @@
+"""One Settings object, env prefix TRAINYARD_, defaults that run on a laptop.
+
+Every process (gateway, trainer services, the training program) reads the same
+names, so docker-compose, k8s ConfigMaps and the local Makefile agree.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VAR_DIR = Path("var")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
+
+    # persistence
+    database_url: str = Field(
+        default=f"sqlite:///{(VAR_DIR / 'trainyard.db').resolve()}",
+        description="SQLAlchemy URL: SQLite file by default, postgresql+psycopg://... in a cluster.",
+    )
+
+    # object storage
+    storage_root: Path = Field(
+        default=(VAR_DIR / "objects").resolve(),
+        description="Root of file:// storage; file URIs outside it are refused.",
+    )
+    storage_url: str = Field(
+        default="",
+        description="Where new objects go: file:///abs/path or s3://bucket/prefix. "
+        "Empty means file:// under storage_root.",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="MinIO/moto/other S3 endpoint.")
+    s3_region: str = "us-east-1"
+
+    # runner
+    runner: str = Field(default="local", description="local | kubernetes")
+    local_slots: int = Field(default=1, ge=1, description="Concurrent local training processes.")
+    log_dir: Path = Field(default=(VAR_DIR / "logs").resolve())
+    cancel_grace_seconds: float = Field(default=10.0, gt=0)
+    python_executable: str = Field(default="", description="Interpreter for the training program.")
+
+    # this service's own address, as a job should reach it for progress reports
+    public_url: str = Field(default="", description="Base URL jobs POST progress to; default http://127.0.0.1:<port>.")
+    port: int = Field(default=8081, description="Port this process listens on (used for the default public_url).")
+
+    # service identity
+    backend: str = Field(default="huggingface", description="Which backend this service runs.")
+
+    # ---------------------------------------------------------------- Kubernetes runner
+    # Read by common/runners/kubernetes.py when TRAINYARD_RUNNER=kubernetes; k8s/base/configmap.yaml
+    # sets them for a cluster. Dicts and lists are JSON in the environment.
+    k8s_namespace: str = Field(default="trainyard", description="Namespace of the training Jobs (and of the services).")
+    k8s_config: Literal["auto", "in-cluster", "kubeconfig"] = Field(
+        default="auto", description="How the runner reaches the API server: auto tries in-cluster, then kubeconfig."
+    )
+    k8s_kubeconfig: str = Field(default="", description="kubeconfig file (k8s_config=kubeconfig); empty: $KUBECONFIG or ~/.kube/config.")
+    k8s_context: str = Field(default="", description="kubeconfig context; empty: the current one.")
+    k8s_image: str = Field(default="ghcr.io/trainyard/train:0.1.0", description="Training image for backends without their own.")
+    k8s_images: dict[str, str] = Field(
+        default_factory=dict, description='Training image per backend, e.g. {"unsloth": "ghcr.io/trainyard/train-unsloth:0.1.0"}.'
+    )
+    k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    k8s_image_pull_secrets: list[str] = Field(default_factory=list, description="Secret names for a private registry.")
+    k8s_service_account: str = Field(default="trainyard-job", description="ServiceAccount of the training pods (e.g. for IRSA); no API rights needed.")
+    k8s_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of every training pod.")
+    k8s_gpu_type_label: str = Field(
+        default="trainyard.dev/gpu-type", description="Node label matched against resources.gpu_type (when the request sets it)."
+    )
+    k8s_tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="Tolerations of every training pod (Kubernetes JSON form).",
+    )
+    k8s_job_env_secrets: list[str] = Field(
+        default_factory=lambda: ["trainyard-storage", "trainyard-hf"],
+        description="Deployment-wide Secrets mounted into every training pod with envFrom (S3 keys, HF_TOKEN).",
+    )
+    k8s_backoff_limit: int = Field(default=0, ge=0, description="Pod failures retried per Job (node disruptions never count).")
+    k8s_ttl_seconds_after_finished: int = Field(default=3600, ge=0, description="Finished Jobs (and their pods, logs) kept this long.")
+    k8s_max_active_jobs: int = Field(default=32, ge=1, description="Jobs one service replica keeps launched at once; the cluster queues the pods.")
+    k8s_poll_seconds: float = Field(default=5.0, gt=0, description="How often a replica reads the state of its Jobs.")
+    k8s_start_grace_seconds: float = Field(
+        default=120.0, ge=0, description="How long a pod may sit in ImagePullBackOff/CreateContainerConfigError before the job fails."
+    )
+    k8s_request_timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of each Kubernetes API call.")
+
+    def progress_base(self) -> str:
+        return (self.public_url or f"http://127.0.0.1:{self.port}").rstrip("/")
+
+    def object_base(self) -> str:
+        return self.storage_url.rstrip("/") if self.storage_url else self.storage_root.as_uri()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

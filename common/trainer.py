@@ -1,0 +1,100 @@
+"""BaseTrainerBackend: what a backend provides.
+
+A backend is two halves kept in one class: request-time checks that run in the
+API process (no torch import allowed there) and ``train()``, which runs inside
+the training program. Services differ only in the backend they are given.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from common.errors import BackendUnavailable, Unprocessable
+from common.schemas import Method, TrainingRequest
+
+if TYPE_CHECKING:
+    from common.train.reporting import ProgressReporter
+
+# Backends by name, resolved lazily so importing common never imports a service.
+BACKENDS: dict[str, str] = {
+    "huggingface": "services.huggingface.backend:HuggingFaceBackend",
+    "unsloth": "services.unsloth.backend:UnslothBackend",
+    "dpo": "services.dpo.backend:DPOBackend",
+}
+
+
+@dataclass
+class TrainContext:
+    """Everything ``train()`` needs, prepared by the training program."""
+
+    job_id: str
+    request: TrainingRequest  # secrets included
+    train_files: list[Path]
+    validation_files: list[Path]
+    output_dir: Path  # uploaded to artifacts.output_uri after train() returns
+    work_dir: Path
+    reporter: ProgressReporter
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BaseTrainerBackend(ABC):
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    methods: ClassVar[tuple[Method, ...]] = (Method.lora, Method.full)
+    training_type: ClassVar[str] = "sft"  # sft | dpo
+    required_modules: ClassVar[tuple[str, ...]] = ()  # must be importable where jobs run
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run here, or None. Never imports the modules."""
+        missing = [m for m in self.required_modules if importlib.util.find_spec(m) is None]
+        return f"missing Python packages: {', '.join(missing)}" if missing else None
+
+    def check(self, request: TrainingRequest, *, runner: str) -> list[str]:
+        """Backend-specific constraints; returns readable problems (empty when fine)."""
+        problems = []
+        if request.customization.method not in self.methods:
+            allowed = ", ".join(m.value for m in self.methods)
+            problems.append(
+                f"customization.method '{request.customization.method.value}' is not supported by the "
+                f"{self.name} backend (supported: {allowed})"
+            )
+        if runner == "kubernetes" and request.resources.gpus < 1 and self.needs_gpu_on_cluster():
+            problems.append(f"resources.gpus must be >= 1 for the {self.name} backend on Kubernetes")
+        return problems
+
+    def needs_gpu_on_cluster(self) -> bool:
+        return True
+
+    def validate(self, request: TrainingRequest, *, runner: str) -> None:
+        """Raises:
+        BackendUnavailable: the backend cannot run on this deployment.
+        Unprocessable: the request breaks a backend constraint (all problems listed).
+        """
+        reason = self.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(f"the {self.name} backend is unavailable: {reason}")
+        problems = self.check(request, runner=runner)
+        if problems:
+            raise Unprocessable(problems)
+
+    @abstractmethod
+    def train(self, ctx: TrainContext) -> dict[str, Any]:
+        """Train, save the result into ``ctx.output_dir``, return metrics for metrics.json."""
+
+
+def load_backend(name: str) -> BaseTrainerBackend:
+    """Raises: BackendUnavailable for an unknown name or a backend module that fails to import."""
+    target = BACKENDS.get(name)
+    if target is None:
+        raise BackendUnavailable(f"unknown backend '{name}' (known: {', '.join(sorted(BACKENDS))})")
+    module_name, _, cls_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise BackendUnavailable(f"backend '{name}' cannot be imported: {e.msg}") from e
+    return getattr(module, cls_name)()
