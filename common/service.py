@@ -127,7 +127,7 @@ def health() -> Health:
 
 @router.get("/info", response_model=BackendInfo, tags=["meta"])
 def info(backend: BackendDep, runner: RunnerDep) -> BackendInfo:
-    reason = backend.unavailable_reason()
+    reason = backend.unavailable_reason(runner.name)
     return BackendInfo(
         backend=backend.name,
         methods=[m.value for m in backend.methods],

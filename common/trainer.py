@@ -49,8 +49,13 @@ class BaseTrainerBackend(ABC):
     training_type: ClassVar[str] = "sft"  # sft | dpo
     required_modules: ClassVar[tuple[str, ...]] = ()  # must be importable where jobs run
 
-    def unavailable_reason(self) -> str | None:
-        """Why this backend cannot run here, or None. Never imports the modules."""
+    def unavailable_reason(self, runner: str = "local") -> str | None:
+        """Why this backend cannot run where its jobs run, or None. Never imports the modules.
+
+        Only the local runner runs jobs in this environment; on Kubernetes the training
+        image carries the packages and the slim API image rightly lacks them."""
+        if runner != "local":
+            return None
         missing = [m for m in self.required_modules if importlib.util.find_spec(m) is None]
         return f"missing Python packages: {', '.join(missing)}" if missing else None
 
@@ -75,7 +80,7 @@ class BaseTrainerBackend(ABC):
         BackendUnavailable: the backend cannot run on this deployment.
         Unprocessable: the request breaks a backend constraint (all problems listed).
         """
-        reason = self.unavailable_reason()
+        reason = self.unavailable_reason(runner)
         if reason:
             raise BackendUnavailable(f"the {self.name} backend is unavailable: {reason}")
         problems = self.check(request, runner=runner)

@@ -1,0 +1,1 @@
+"""The HuggingFace (transformers + PEFT + TRL) trainer service."""
