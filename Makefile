@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 model: install ## build the tiny local model (cached) under var/models/tiny-llama
 	$(PY) -m common.train.tiny_model --out var/models/tiny-llama
 
-demo: install ## run the demo fine-tune end to end on the embedded default
+demo: install ## the whole flow through the gateway: dataset, signed upload, validation, training with live progress, an answer (starts and stops the stack if it is not up)
 	$(PY) examples/demo.py
 
 test: install ## run the test suite (SQLite and PostgreSQL, moto S3, real tiny training)
@@ -36,3 +36,38 @@ clean: ## remove local state (database, objects, logs); keeps .venv and the mode
 	rm -rf var/objects var/logs var/trainyard.db*
 
 .PHONY: help install model demo test lint clean
+
+# ---- cluster path (issue 5): needs Docker, kind and kubectl; never run in CI (no container engine there)
+e2e-kind: install ## end to end on a local kind cluster: build images, deploy k8s/overlays/kind, train + cancel a Job (KEEP=1 keeps it)
+	bash k8s/overlays/kind/e2e.sh
+
+.PHONY: e2e-kind
+
+# ---- Postman collection (issue 5): newman from npm for tests/test_postman.py; skipped with a note without npm
+newman: postman/node_modules/.installed ## install newman (npm) to run the Postman collection test
+
+postman/node_modules/.installed: postman/package.json postman/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix postman --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: tests/test_postman.py will skip its newman run"; fi
+
+install: newman
+
+.PHONY: newman
+
+api-docs: install ## regenerate docs/API_SPEC.md and the Postman collection from the code (tests fail when stale)
+	$(PY) docs/build_api_spec.py
+	$(PY) postman/build_collection.py
+
+.PHONY: api-docs
+
+# ---- local stack (issue 3): the gateway on :8080 and every trainer service that exists on :8081-8083
+up: install ## start the gateway (:8080) and the trainer services (:8081-8083) in the background (pids in var/run, logs in var/logs)
+	$(PY) -m gateway.localstack up
+
+down: ## stop what `make up` started
+	$(PY) -m gateway.localstack down
+
+status: ## which parts of the local stack run and answer
+	$(PY) -m gateway.localstack status
+
+.PHONY: up down status

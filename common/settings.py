@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 VAR_DIR = Path("var")
@@ -88,6 +88,46 @@ class Settings(BaseSettings):
         default=120.0, ge=0, description="How long a pod may sit in ImagePullBackOff/CreateContainerConfigError before the job fails."
     )
     k8s_request_timeout_seconds: float = Field(default=30.0, gt=0, description="Timeout of each Kubernetes API call.")
+
+    # ---------------------------------------------------------------- gateway
+    # Read by gateway/ only. Secrets are SecretStr (never printed); the gateway refuses to start on a
+    # placeholder value (gateway.auth.check_secrets).
+    gateway_port: int = Field(default=8080, description="Port of the public gateway (`trainyard serve gateway`).")
+    gateway_internal_port: int = Field(
+        default=8090, description="Port of the internal-only gateway app (`trainyard serve gateway-internal`)."
+    )
+    gateway_serve_internal: bool = Field(
+        default=True,
+        description="Also mount /v1/dataservice/* on the public gateway. Set false in a cluster and run "
+        "gateway-internal on its own port, reachable only inside the cluster.",
+    )
+    gateway_public_url: str = Field(
+        default="", description="Base URL users reach the gateway at, for signed upload URLs; default: the request's."
+    )
+    service_url_huggingface: str = Field(default="http://127.0.0.1:8081", description="HuggingFace trainer service.")
+    service_url_unsloth: str = Field(default="http://127.0.0.1:8082", description="Unsloth trainer service.")
+    service_url_dpo: str = Field(default="http://127.0.0.1:8083", description="DPO trainer service.")
+    service_timeout_seconds: float = Field(default=10.0, gt=0, description="Deadline of each gateway -> service call.")
+    admin_api_key: SecretStr | None = Field(
+        default=None, description="TRAINYARD_ADMIN_API_KEY: seeded (hashed) on start as a key with every scope."
+    )
+    admin_workspace: str = Field(default="default", description="Workspace of the seeded admin key.")
+    internal_token: SecretStr | None = Field(
+        default=None, description="TRAINYARD_INTERNAL_TOKEN: the control plane's credential for /v1/dataservice/*; "
+        "unset disables the internal API."
+    )
+    upload_signing_secret: SecretStr | None = Field(
+        default=None, description="HMAC key of gateway upload URLs; unset: a random per-process key (URLs die on restart)."
+    )
+    upload_url_ttl_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600, description="Lifetime of a signed upload URL.")
+    max_upload_bytes: int = Field(default=5 * 1024**3, gt=0, description="Largest dataset file accepted by an upload URL.")
+    max_direct_upload_bytes: int = Field(
+        default=100 * 1024**2, gt=0, description="Largest file accepted by the multipart POST /v1/datasets/upload."
+    )
+    validation_max_rows: int = Field(default=10_000_000, gt=0, description="Datasets with more rows fail validation.")
+    validation_max_errors: int = Field(default=50, gt=0, le=10_000, description="Errors listed per file (all are counted).")
+    validation_workers: int = Field(default=1, ge=1, le=16, description="Concurrent dataset validations per gateway.")
+    refresh_interval_seconds: float = Field(default=2.0, gt=0, description="How often active finetunes mirror their job.")
 
     def progress_base(self) -> str:
         return (self.public_url or f"http://127.0.0.1:{self.port}").rstrip("/")

@@ -1,0 +1,486 @@
+"""Streaming dataset validation: is a JSONL file fit for a finetune, and where is it not?
+
+The gateway runs this in the background before a finetune may start, so a user learns about
+line 48 213 in seconds instead of after a GPU job has loaded its model. It reads the file once,
+in blocks, with flat memory (one block, one line and one tokenizer batch at a time), and checks:
+
+* every line is a JSON object (blank lines are skipped, as the training program skips them);
+* the row format fits the training type, with the training program's own rules
+  (``common/train/data.py``): SFT rows are chat ``messages`` (roles system/user/assistant,
+  string contents, ending with an assistant turn), ``prompt``/``completion`` (strings or message
+  lists) or ``text``; DPO rows have ``prompt``/``chosen``/``rejected``; one format per file;
+* limits: at least one row, at most ``max_rows``, no line over ``max_line_bytes``, and, when the
+  base model's tokenizer can be loaded, no row over ``max_sequence_length`` tokens.
+
+Errors are ``{line, field, message}``; all are counted, the first ``max_errors`` by line are kept.
+Token counts use the ``tokenizers`` library on ``tokenizer.json`` (no torch, no transformers),
+batched on a helper thread while the next block is parsed (the Rust side releases the GIL).
+Chat templates are not rendered: a row's count is its content tokens plus a fixed allowance per
+message, so counts are approximate by a few tokens per turn.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from common.schemas import TokenStats, TrainingType, ValidationIssue, ValidationReport
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from common.storage import ObjectStore
+
+ROLES = frozenset({"system", "user", "assistant"})
+BLOCK_SIZE = 1024 * 1024
+TOKEN_BATCH = 256
+TEMPLATE_TOKENS_PER_MESSAGE = 4  # role header + end-of-turn + newline in a Llama-3-like template
+TEMPLATE_TOKENS_PER_ROW = 1  # bos
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_rows: int = 10_000_000
+    max_errors: int = 50
+    max_sequence_length: int = 2048
+    max_line_bytes: int = 32 * 1024 * 1024
+    token_sample_rows: int = 2_000  # rows always tokenized; after them only rows that may be too long
+
+
+class Stopped(Exception):
+    """Raised by a progress callback to abandon a validation (shutdown, or the finetune was reset)."""
+
+
+class RowError(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+# --------------------------------------------------------------------------- row checks
+# Each returns (format, sequences, extra template tokens) or raises RowError. A sequence is a tuple
+# of parts (strings or checked message lists) whose text is only assembled when tokens are counted;
+# DPO rows have two (prompt+chosen, prompt+rejected) and count as the longer.
+
+Part = str | list[dict[str, Any]]
+Sequences = tuple[tuple[Part, ...], ...]
+
+
+def _messages(value: Any, field: str, *, last_assistant: bool) -> list[dict[str, Any]]:
+    if type(value) is not list or not value:
+        raise RowError(field, f"'{field}' must be a non-empty list of messages")
+    for msg in value:  # fast path; the exact problem is found below only for a bad row
+        if type(msg) is not dict or msg.get("role") not in ROLES or type(msg.get("content")) is not str:
+            _message_error(value, field)
+    if last_assistant and value[-1]["role"] != "assistant":
+        raise RowError(f"{field}[{len(value) - 1}].role", f"'{field}' must end with an assistant message")
+    return value
+
+
+def _message_error(value: list[Any], field: str) -> None:
+    for i, msg in enumerate(value):
+        if type(msg) is not dict:
+            raise RowError(f"{field}[{i}]", "must be an object with 'role' and 'content'")
+        role = msg.get("role")
+        if role not in ROLES:
+            raise RowError(f"{field}[{i}].role", f"must be one of assistant, system, user; got {role!r}")
+        if type(msg.get("content")) is not str:
+            raise RowError(f"{field}[{i}].content", "must be a string")
+
+
+def _string(value: Any, field: str) -> str:
+    if type(value) is not str or not value.strip():
+        raise RowError(field, f"'{field}' must be a non-empty string")
+    return value
+
+
+def _extra(*message_lists: list[Any]) -> int:
+    return sum(len(m) for m in message_lists) * TEMPLATE_TOKENS_PER_MESSAGE
+
+
+def check_sft_row(row: dict[str, Any]) -> tuple[str, Sequences, int]:
+    if "messages" in row:
+        msgs = _messages(row["messages"], "messages", last_assistant=True)
+        return "messages", ((msgs,),), len(msgs) * TEMPLATE_TOKENS_PER_MESSAGE
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if type(prompt) is list or type(completion) is list:
+            p = _messages(prompt, "prompt", last_assistant=False)
+            c = _messages(completion, "completion", last_assistant=True)
+            return "conversational_prompt_completion", ((p, c),), _extra(p, c)
+        return "prompt_completion", ((_string(prompt, "prompt"), _string(completion, "completion")),), 0
+    if "text" in row:
+        return "text", ((_string(row["text"], "text"),),), 0
+    keys = ", ".join(sorted(row)) or "none"
+    raise RowError("", f"unknown row format (keys: {keys}); expected 'messages', 'prompt' + 'completion', or 'text'")
+
+
+def check_dpo_row(row: dict[str, Any]) -> tuple[str, Sequences, int]:
+    missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+    if missing:
+        raise RowError(missing[0], f"preference rows need 'prompt', 'chosen' and 'rejected'; missing {', '.join(missing)}")
+    prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+    if type(prompt) is list or type(chosen) is list or type(rejected) is list:
+        p = _messages(prompt, "prompt", last_assistant=False)
+        c = _messages(chosen, "chosen", last_assistant=True)
+        r = _messages(rejected, "rejected", last_assistant=True)
+        return "conversational_preference", ((p, c), (p, r)), _extra(p) + _extra(c if len(c) > len(r) else r)
+    p = _string(prompt, "prompt")
+    return "preference", ((p, _string(chosen, "chosen")), (p, _string(rejected, "rejected"))), 0
+
+
+def _text(seq: tuple[Part, ...]) -> str:
+    return "\n".join(part if type(part) is str else "\n".join([m["content"] for m in part]) for part in seq)
+
+
+CHECKS: dict[TrainingType, Callable[[dict[str, Any]], tuple[str, Sequences, int]]] = {
+    TrainingType.sft: check_sft_row,
+    TrainingType.dpo: check_dpo_row,
+}
+
+
+# --------------------------------------------------------------------------- the validator
+
+
+class _Errors:
+    """Counts every error and keeps the ``cap`` with the lowest line numbers (a bounded heap)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.total, self._seq = cap, 0, 0
+        self._heap: list[tuple[int, int, ValidationIssue]] = []
+
+    def add(self, line: int, field: str, message: str) -> None:
+        self.total += 1
+        self._seq += 1
+        item = (-line, -self._seq, ValidationIssue(line=line, field=field, message=message))
+        if len(self._heap) < self.cap:
+            heapq.heappush(self._heap, item)
+        elif item > self._heap[0]:  # a lower line than the highest kept
+            heapq.heapreplace(self._heap, item)
+
+    def sorted(self) -> list[ValidationIssue]:
+        return [issue for _, _, issue in sorted(self._heap, key=lambda t: (-t[0], -t[1]))]
+
+
+class _TokenCounter:
+    """Counts tokens of row texts in batches on one helper thread, at most two batches in flight.
+
+    Tokenizing is the slow part (tens of microseconds a row), so after the first ``sample_rows``
+    rows only rows that could break the limit are tokenized: a byte-level token covers at least one
+    byte, so a row of at most ``limit - allowance`` UTF-8 bytes cannot exceed ``limit`` tokens. The
+    rest count towards the total with the sample's tokens-per-byte ratio (``estimated_rows``)."""
+
+    def __init__(self, tokenizer: Tokenizer, limit: int, errors: _Errors, sample_rows: int) -> None:
+        self.tokenizer, self.limit, self.errors, self.sample_rows = tokenizer, limit, errors, sample_rows
+        self.encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validation-tokens")
+        self.texts: list[str] = []
+        self.rows: list[tuple[int, int, int, int]] = []  # (line, number of texts, extra tokens, bytes)
+        self.inflight: list[tuple[Future[list[int]], list[tuple[int, int, int, int]]]] = []
+        self.total = self.max = self.counted = self.over = 0
+        self.counted_bytes = self.counted_extra = 0
+        self.estimated = self.estimated_bytes = self.estimated_extra = 0
+
+    def add(self, line: int, seqs: Sequences, extra: int) -> None:
+        texts = [_text(seq) for seq in seqs]
+        nbytes = max(len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts)
+        if self.counted + len(self.rows) >= self.sample_rows and nbytes + extra + TEMPLATE_TOKENS_PER_ROW < self.limit:
+            self.estimated += 1
+            self.estimated_bytes += nbytes
+            self.estimated_extra += extra + TEMPLATE_TOKENS_PER_ROW
+            return
+        self.texts.extend(texts)
+        self.rows.append((line, len(texts), extra, nbytes))
+        if len(self.rows) >= TOKEN_BATCH:
+            self._flush()
+
+    def _lengths(self, texts: list[str]) -> list[int]:
+        return [len(enc) for enc in self.encode(texts, add_special_tokens=False)]
+
+    def _flush(self) -> None:
+        if self.rows:
+            self.inflight.append((self.pool.submit(self._lengths, self.texts), self.rows))
+            self.texts, self.rows = [], []
+        while len(self.inflight) > 1:
+            self._collect()
+
+    def _collect(self) -> None:
+        fut, rows = self.inflight.pop(0)
+        lengths = fut.result()
+        i = 0
+        for line, n, extra, nbytes in rows:
+            content = max(lengths[i : i + n])
+            tokens = content + extra + TEMPLATE_TOKENS_PER_ROW
+            i += n
+            self.total += tokens
+            self.counted += 1
+            self.counted_bytes += nbytes
+            self.counted_extra += extra + TEMPLATE_TOKENS_PER_ROW
+            if tokens > self.max:
+                self.max = tokens
+            if tokens > self.limit:
+                self.over += 1
+                self.errors.add(
+                    line, "", f"row has about {tokens} tokens, over max_sequence_length {self.limit} "
+                    "(shorten it or raise hyperparameters.max_sequence_length)"
+                )
+
+    def finish(self) -> None:
+        try:
+            self._flush()
+            while self.inflight:
+                self._collect()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def stats(self, name: str) -> TokenStats | None:
+        if not self.counted:
+            return None
+        content_ratio = (self.total - self.counted_extra) / max(1, self.counted_bytes)
+        total = self.total + round(self.estimated_bytes * content_ratio) + self.estimated_extra
+        rows = self.counted + self.estimated
+        return TokenStats(
+            tokenizer=name, total=total, max=self.max, mean=round(total / rows, 2), over_limit_rows=self.over,
+            limit=self.limit, counted_rows=self.counted, estimated_rows=self.estimated,
+        )
+
+def _blocks(fh: BinaryIO, limits: Limits, errors: _Errors, on_read: Callable[[int], None]) -> Iterator[
+    tuple[int, list[str]]
+]:
+    """(number of the first line, lines) per block of whole lines; flat memory.
+
+    A line longer than ``max_line_bytes`` is reported and skipped without being held in memory;
+    bytes that are not UTF-8 are reported per line."""
+    line_no = 1  # number of the next line
+    carry = b""
+    skipping = False  # inside an over-long line, discarding until its newline
+    while True:
+        chunk = fh.read(BLOCK_SIZE)
+        if not chunk:
+            break
+        on_read(len(chunk))
+        if skipping:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                continue
+            chunk, skipping = chunk[nl + 1 :], False
+            line_no += 1
+        buf = carry + chunk if carry else chunk
+        end = buf.rfind(b"\n")
+        if end < 0:
+            carry = buf
+        else:
+            carry = buf[end + 1 :]
+            lines = _decode_lines(buf[: end + 1], line_no, errors)
+            yield line_no, lines
+            line_no += len(lines)
+        if len(carry) > limits.max_line_bytes:
+            errors.add(line_no, "", f"line is longer than {limits.max_line_bytes} bytes")
+            carry, skipping = b"", True
+    if carry and not skipping:
+        yield line_no, _decode_lines(carry, line_no, errors)
+
+
+def _decode_lines(block: bytes, first_line: int, errors: _Errors) -> list[str]:
+    """The block's lines as text (trailing newline dropped); an undecodable line becomes '' plus an error."""
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        out = []
+        for i, raw in enumerate(block.split(b"\n")[: block.count(b"\n") or 1]):
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                errors.add(first_line + i, "", f"not valid UTF-8 (byte {e.start + 1} of the line)")
+                out.append("")
+        return out
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def validate_stream(
+    fh: BinaryIO,
+    training_type: TrainingType,
+    *,
+    limits: Limits = Limits(),
+    tokenizer: Tokenizer | None = None,
+    tokenizer_name: str = "",
+    token_note: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ValidationReport:
+    """Validate a JSONL stream (any object with ``read(n)``).
+
+    Raises:
+        Stopped: ``on_progress`` asked to stop; no report is produced.
+    """
+    started = time.perf_counter()
+    check = CHECKS[training_type]
+    errors = _Errors(limits.max_errors)
+    tokens = (
+        _TokenCounter(tokenizer, limits.max_sequence_length, errors, limits.token_sample_rows)
+        if tokenizer is not None else None
+    )
+    decoder = json.JSONDecoder()
+    decode, scan = decoder.decode, decoder.scan_once
+    max_line = limits.max_line_bytes
+    fmt: str | None = None
+    fmt_line = 0
+    rows = 0
+    size = 0
+
+    def on_read(n: int) -> None:
+        nonlocal size
+        size += n
+        if on_progress is not None:
+            on_progress(size)
+
+    try:
+        for first, lines in _blocks(fh, limits, errors, on_read):
+            line = first - 1
+            for text in lines:
+                line += 1
+                if not text or text.isspace():
+                    continue
+                if len(text) > max_line:
+                    errors.add(line, "", f"line is longer than {max_line} bytes")
+                    continue
+                try:  # the C scanner directly; json.loads adds two regex passes per line
+                    row, end = scan(text, 0)
+                    if end != len(text):
+                        raise ValueError
+                except (StopIteration, ValueError):
+                    try:  # surrounding whitespace is fine; anything else gets the decoder's own message
+                        row = decode(text)
+                    except json.JSONDecodeError as e:
+                        errors.add(line, "", f"invalid JSON: {e.msg} at column {e.colno}")
+                        continue
+                if type(row) is not dict:
+                    errors.add(line, "", f"expected a JSON object, got {type(row).__name__}")
+                    continue
+                rows += 1
+                if rows > limits.max_rows:
+                    errors.add(line, "", f"more than max_rows={limits.max_rows} rows; the rest was not read")
+                    rows -= 1
+                    raise _TooMany
+                try:
+                    row_fmt, seqs, extra = check(row)
+                except RowError as e:
+                    errors.add(line, e.field, e.message)
+                    continue
+                if fmt is None:
+                    fmt, fmt_line = row_fmt, line
+                elif row_fmt != fmt:
+                    errors.add(
+                        line, "", f"row is in '{row_fmt}' format but line {fmt_line} set the file's format to "
+                        f"'{fmt}'; all rows of a file must share one format"
+                    )
+                    continue
+                if tokens is not None:
+                    tokens.add(line, seqs, extra)
+    except _TooMany:
+        pass
+    finally:
+        if tokens is not None:
+            tokens.finish()
+    if rows == 0 and errors.total == 0:
+        errors.add(0, "", "the file has no rows")
+    stats = tokens.stats(tokenizer_name) if tokens is not None else None
+    return ValidationReport(
+        valid=errors.total == 0,
+        training_type=training_type,
+        format=fmt,
+        rows=rows,
+        bytes=size,
+        errors=errors.sorted(),
+        errors_total=errors.total,
+        errors_truncated=errors.total > limits.max_errors,
+        tokens=stats,
+        token_note=token_note if tokenizer is None else None,
+        duration_seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+class _TooMany(Exception):
+    pass
+
+
+def validate_uri(
+    store: ObjectStore,
+    uri: str,
+    training_type: TrainingType,
+    *,
+    limits: Limits = Limits(),
+    tokenizer: Tokenizer | None = None,
+    tokenizer_name: str = "",
+    token_note: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ValidationReport:
+    """Validate the object at ``uri`` as it streams from storage.
+
+    Raises:
+        ObjectNotFound / StorageError: the object cannot be read.
+        Stopped: ``on_progress`` asked to stop.
+    """
+    with store.open(uri) as fh:
+        return validate_stream(
+            fh, training_type, limits=limits, tokenizer=tokenizer, tokenizer_name=tokenizer_name,
+            token_note=token_note, on_progress=on_progress,
+        )
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+def load_tokenizer(model: str, store: ObjectStore | None = None) -> tuple[Tokenizer | None, str]:
+    """The base model's tokenizer from its ``tokenizer.json``, or None and a note saying why not.
+
+    ``model`` is what a finetune names: a local directory, a file:// or s3:// prefix, or a hub id
+    (fetched only when the hub is allowed: ``HF_HUB_OFFLINE`` unset). A PEFT adapter directory
+    without its own tokenizer points to its base in ``adapter_config.json``. Never raises.
+    """
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None, "token counts skipped: the 'tokenizers' package is not installed"
+    try:
+        return _load(Tokenizer, model, store, depth=0)
+    except Exception as e:  # a tokenizer we cannot read only means no token counts
+        return None, f"token counts skipped: could not load the tokenizer of '{model}' ({type(e).__name__})"
+
+
+def _load(tokenizer_cls: Any, model: str, store: ObjectStore | None, depth: int) -> tuple[Any, str]:
+    if model.startswith(("file://", "s3://")):
+        if store is None:
+            return None, f"token counts skipped: no object store to read '{model}'"
+        if store.exists(store.join(model, "tokenizer.json")):
+            data = store.get_bytes(store.join(model, "tokenizer.json"))
+            return tokenizer_cls.from_str(data.decode("utf-8")), model
+        if depth == 0 and store.exists(store.join(model, "adapter_config.json")):
+            base = json.loads(store.get_bytes(store.join(model, "adapter_config.json"))).get("base_model_name_or_path")
+            if base:
+                return _load(tokenizer_cls, base, store, depth + 1)
+        return None, f"token counts skipped: no tokenizer.json under '{model}'"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return tokenizer_cls.from_file(str(path / "tokenizer.json")), str(path)
+        adapter = path / "adapter_config.json"
+        if depth == 0 and adapter.is_file():
+            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+            if base:
+                return _load(tokenizer_cls, base, store, depth + 1)
+        return None, f"token counts skipped: no tokenizer.json in '{path}'"
+    if model.startswith(("/", ".", "~")):
+        return None, f"token counts skipped: '{model}' is not a directory here"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return None, f"token counts skipped: '{model}' is a hub id and HF_HUB_OFFLINE is set"
+    return tokenizer_cls.from_pretrained(model), f"hub:{model}"

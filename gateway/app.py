@@ -1,0 +1,90 @@
+"""The gateway app: users' /v1/datasets and /v1/finetune, the control plane's /v1/dataservice/*,
+signed uploads, routing to the trainer services.
+
+    trainyard serve gateway             # gateway.app:app, public (and internal unless disabled)
+    trainyard serve gateway-internal    # gateway.app:internal_app, /v1/dataservice/* only
+
+The lifespan builds everything once (database engine, object store, pooled trainer client) and
+owns the background threads (validation, job refresher), which it stops on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from common.db import make_engine
+from common.errors import install_handlers
+from common.settings import Settings, get_settings
+from common.storage import ObjectStore
+from common.version import VERSION
+from gateway import auth, db
+from gateway.context import Gateway
+from gateway.deps import PUBLIC
+from gateway.routes import dataservice, datasets, finetune, health, uploads
+from gateway.trainers import TrainerClient
+from gateway.workers import Refresher, ValidationWorker
+
+log = logging.getLogger("trainyard.gateway")
+
+DESCRIPTION = """Trainyard's gateway. Flow: create a dataset → PUT the file to its `signed_url` → attach it
+(`PUT /v1/datasets/{id}`) → create a finetune → attach the dataset (`PUT /v1/finetune/{id}`) →
+`POST /v1/finetune/{id}/validation/start` → wait for `pk_dataset_validation_successfull` →
+`POST /v1/finetune/{id}/start` → poll `GET /v1/finetune/{id}`. Send the API key as `x-portkey-api-key`
+or `Authorization: Bearer`. Errors are `{"error", "detail", "status_code"}`."""
+
+
+def create_app(settings: Settings | None = None, *, public: bool = True) -> FastAPI:
+    """``public=False`` builds the internal-only app (health + /v1/dataservice/*)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        auth.check_secrets(settings)
+        engine = make_engine(settings.database_url)
+        db.init_db(engine)
+        auth.seed_admin_key(engine, settings)
+        if settings.upload_signing_secret is None:
+            log.warning("TRAINYARD_UPLOAD_SIGNING_SECRET is not set: upload URLs stop working when this process exits")
+            upload_secret = secrets.token_bytes(32)
+        else:
+            upload_secret = settings.upload_signing_secret.get_secret_value().encode()
+        gw = Gateway(settings, engine, ObjectStore(settings), TrainerClient(settings), upload_secret)
+        validation = ValidationWorker(gw, settings.validation_workers)
+        gw.wake_validation = validation.wake
+        refresher = Refresher(gw, settings.refresh_interval_seconds)
+        app.state.gateway = gw
+        validation.start()
+        refresher.start()
+        log.info("gateway ready (%s)", "public" if public else "internal")
+        try:
+            yield
+        finally:
+            refresher.stop()
+            validation.stop()
+            gw.trainers.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Trainyard gateway" if public else "Trainyard gateway (internal)",
+        version=VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_handlers(app)
+    app.include_router(health.router)
+    if public:
+        app.include_router(datasets.build_router(PUBLIC), prefix="/v1")
+        app.include_router(finetune.build_router(PUBLIC), prefix="/v1")
+        app.include_router(uploads.router)
+    if not public or settings.gateway_serve_internal:
+        app.include_router(dataservice.router)
+    return app
+
+
+app = create_app()
+internal_app = create_app(public=False)

@@ -1,0 +1,375 @@
+"""The gateway's tables and repository functions: API keys (hashed), datasets, finetunes and
+finetune events.
+
+Own ``MetaData`` so the gateway never creates the trainer services' tables and vice versa; the
+names do not clash, so both may share one database (the laptop default). Every query runs on
+SQLite and PostgreSQL. Status changes are conditional UPDATEs guarded by
+``FINETUNE_TRANSITIONS`` (``set_finetune_status``), so two gateway replicas, or a request racing
+the background refresher, can never move a finetune backwards.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, RowMapping
+
+from common.errors import NotFound
+from common.schemas import (
+    FINETUNE_ACTIVE,
+    FINETUNE_TRANSITIONS,
+    EventLevel,
+    FinetuneEventPublic,
+    FinetuneStatus,
+)
+
+metadata = MetaData()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything here is UTC."""
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
+
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("workspace_id", String(64), nullable=False, index=True),
+    Column("scopes", JSON, nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),  # sha256 hex; the key itself is never stored
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("project_id", String(64), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("model", Text),
+    Column("status", String(24), nullable=False),
+    Column("target_key", Text, nullable=False),  # where the signed URL puts the file
+    Column("s3_path", Text),  # attached key, relative to the storage base
+    Column("uri", Text),  # attached object's full URI
+    Column("size_bytes", Integer),
+    Column("rows", Integer),
+    Column("validation_status", String(48)),
+    Column("validation", JSON),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_datasets_workspace_created", datasets.c.workspace_id, datasets.c.created_at)
+
+finetunes = Table(
+    "finetunes",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("project_id", String(64), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("service", String(32), nullable=False),
+    Column("training_type", String(8), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("override_model", Text),
+    Column("hyperparameters", JSON, nullable=False),
+    Column("resources", JSON),
+    Column("secrets", JSON, nullable=False),  # virtual_key; never serialised to a response
+    Column("training_dataset_id", String(40), index=True),
+    Column("validation_dataset_id", String(40), index=True),
+    Column("status", String(48), nullable=False, index=True),
+    Column("validation", JSON),
+    Column("validation_run", String(40)),  # id of the current validation; results of older runs are dropped
+    Column("validation_claimed_by", String(128)),
+    Column("validation_heartbeat_at", DateTime(timezone=True)),
+    Column("job_id", String(64)),
+    Column("start_claimed_at", DateTime(timezone=True)),  # set while POST /train is in flight
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("progress", JSON, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("error", JSON),
+    Column("output_uri", Text),
+    Column("log_uri", Text),
+    Column("refreshed_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+)
+Index("ix_finetunes_workspace_created", finetunes.c.workspace_id, finetunes.c.created_at)
+
+finetune_events = Table(
+    "finetune_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("finetune_id", String(40), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", JSON, nullable=False),
+)
+
+
+def init_db(engine: Engine) -> None:
+    metadata.create_all(engine)
+
+
+# --------------------------------------------------------------------------- api keys
+
+
+def insert_key(conn: Connection, row: dict[str, Any]) -> None:
+    conn.execute(insert(api_keys).values(created_at=utcnow(), **row))
+
+
+def key_by_hash(conn: Connection, key_hash: str) -> RowMapping | None:
+    return conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash)).mappings().first()
+
+
+def list_keys(conn: Connection, workspace_id: str | None = None) -> list[RowMapping]:
+    q = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+    if workspace_id:
+        q = q.where(api_keys.c.workspace_id == workspace_id)
+    return list(conn.execute(q).mappings())
+
+
+def revoke_key(conn: Connection, key_id: str) -> bool:
+    res = conn.execute(
+        update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=utcnow())
+    )
+    return res.rowcount == 1
+
+
+def touch_key(conn: Connection, key_id: str, now: datetime) -> None:
+    conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=now))
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def insert_dataset(conn: Connection, row: dict[str, Any]) -> None:
+    now = utcnow()
+    conn.execute(insert(datasets).values(created_at=now, updated_at=now, **row))
+
+
+def get_dataset(conn: Connection, dataset_id: str, workspace_id: str | None) -> RowMapping:
+    """The dataset, only if it belongs to ``workspace_id`` (None: any workspace, for workers).
+
+    Raises: NotFound (also for another workspace's dataset: its existence is not revealed)."""
+    q = select(datasets).where(datasets.c.id == dataset_id)
+    if workspace_id is not None:
+        q = q.where(datasets.c.workspace_id == workspace_id)
+    row = conn.execute(q).mappings().first()
+    if row is None:
+        raise NotFound(f"dataset '{dataset_id}' not found")
+    return row
+
+
+def list_datasets(conn: Connection, workspace_id: str, *, limit: int, offset: int) -> tuple[list[RowMapping], int]:
+    where = datasets.c.workspace_id == workspace_id
+    count = conn.execute(select(func.count()).select_from(datasets).where(where)).scalar() or 0
+    rows = conn.execute(
+        select(datasets).where(where).order_by(datasets.c.created_at.desc(), datasets.c.id).limit(limit).offset(offset)
+    ).mappings()
+    return list(rows), int(count)
+
+
+def update_dataset(conn: Connection, dataset_id: str, **values: Any) -> None:
+    conn.execute(update(datasets).where(datasets.c.id == dataset_id).values(updated_at=utcnow(), **values))
+
+
+def delete_dataset(conn: Connection, dataset_id: str) -> None:
+    conn.execute(delete(datasets).where(datasets.c.id == dataset_id))
+
+
+def finetunes_using(conn: Connection, dataset_id: str, statuses: frozenset[FinetuneStatus]) -> list[RowMapping]:
+    q = select(finetunes.c.id, finetunes.c.status).where(
+        or_(finetunes.c.training_dataset_id == dataset_id, finetunes.c.validation_dataset_id == dataset_id),
+        finetunes.c.status.in_([s.value for s in statuses]),
+    )
+    return list(conn.execute(q).mappings())
+
+
+# --------------------------------------------------------------------------- finetunes
+
+
+def insert_finetune(conn: Connection, row: dict[str, Any]) -> None:
+    now = utcnow()
+    conn.execute(
+        insert(finetunes).values(
+            created_at=now, updated_at=now, status=FinetuneStatus.created.value, attempts=0, progress={}, metrics={},
+            **row,
+        )
+    )
+    add_event(conn, row["id"], "status", "finetune created", data={"status": FinetuneStatus.created.value})
+
+
+def get_finetune(conn: Connection, finetune_id: str, workspace_id: str | None) -> RowMapping:
+    """Raises: NotFound (also for another workspace's finetune)."""
+    q = select(finetunes).where(finetunes.c.id == finetune_id)
+    if workspace_id is not None:
+        q = q.where(finetunes.c.workspace_id == workspace_id)
+    row = conn.execute(q).mappings().first()
+    if row is None:
+        raise NotFound(f"finetune '{finetune_id}' not found")
+    return row
+
+
+def list_finetunes(
+    conn: Connection, workspace_id: str, *, status: FinetuneStatus | None, limit: int, offset: int
+) -> tuple[list[RowMapping], int]:
+    where = [finetunes.c.workspace_id == workspace_id]
+    if status is not None:
+        where.append(finetunes.c.status == status.value)
+    count = conn.execute(select(func.count()).select_from(finetunes).where(*where)).scalar() or 0
+    rows = conn.execute(
+        select(finetunes).where(*where).order_by(finetunes.c.created_at.desc(), finetunes.c.id).limit(limit).offset(offset)
+    ).mappings()
+    return list(rows), int(count)
+
+
+def update_finetune(conn: Connection, finetune_id: str, *where: Any, **values: Any) -> bool:
+    """Update fields (never the status: see set_finetune_status); extra ``where`` clauses make it conditional."""
+    assert "status" not in values, "status changes go through set_finetune_status"
+    res = conn.execute(
+        update(finetunes).where(finetunes.c.id == finetune_id, *where).values(updated_at=utcnow(), **values)
+    )
+    return res.rowcount == 1
+
+
+def set_finetune_status(
+    conn: Connection,
+    finetune_id: str,
+    to: FinetuneStatus,
+    *,
+    message: str,
+    level: EventLevel = EventLevel.info,
+    data: dict[str, Any] | None = None,
+    only_from: frozenset[FinetuneStatus] | None = None,
+    where: tuple[Any, ...] = (),
+    **values: Any,
+) -> bool:
+    """The one place a finetune's status changes: a conditional UPDATE guarded by the transition
+    table (narrowed by ``only_from`` and ``where``), plus a status event. Returns False and changes
+    nothing when the move is not allowed from the current status."""
+    allowed = [s for s, targets in FINETUNE_TRANSITIONS.items() if to in targets]
+    if only_from is not None:
+        allowed = [s for s in allowed if s in only_from]
+    now = utcnow()
+    res = conn.execute(
+        update(finetunes)
+        .where(finetunes.c.id == finetune_id, finetunes.c.status.in_([s.value for s in allowed]), *where)
+        .values(status=to.value, updated_at=now, **values)
+    )
+    if res.rowcount != 1:
+        return False
+    add_event(conn, finetune_id, "status", message, level=level, data={"status": to.value, **(data or {})})
+    return True
+
+
+def active_finetune_ids(conn: Connection) -> list[str]:
+    """Finetunes whose trainer job may still change (mirrored by the refresher)."""
+    q = select(finetunes.c.id).where(finetunes.c.status.in_([s.value for s in FINETUNE_ACTIVE]))
+    return list(conn.execute(q.order_by(finetunes.c.updated_at)).scalars())
+
+
+def stale_start_claims(conn: Connection, older_than: datetime) -> list[RowMapping]:
+    """Finetunes whose start was claimed but never recorded (the gateway died mid-start)."""
+    q = select(finetunes).where(
+        finetunes.c.status == FinetuneStatus.validation_successful.value,
+        finetunes.c.start_claimed_at.is_not(None),
+        finetunes.c.start_claimed_at < older_than,
+    )
+    return list(conn.execute(q).mappings())
+
+
+def claim_validation(conn: Connection, worker: str, stale_before: datetime) -> RowMapping | None:
+    """Claim the oldest finetune waiting for validation that no live worker holds; one replica wins."""
+    waiting = (
+        finetunes.c.status == FinetuneStatus.validation_in_progress.value,
+        or_(finetunes.c.validation_claimed_by.is_(None), finetunes.c.validation_heartbeat_at < stale_before),
+    )
+    q = select(finetunes.c.id).where(*waiting).order_by(finetunes.c.updated_at, finetunes.c.id).limit(1)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    finetune_id = conn.execute(q).scalar()
+    if finetune_id is None:
+        return None
+    res = conn.execute(
+        update(finetunes)
+        .where(finetunes.c.id == finetune_id, *waiting)
+        .values(validation_claimed_by=worker, validation_heartbeat_at=utcnow())
+    )
+    if res.rowcount != 1:
+        return None
+    return get_finetune(conn, finetune_id, None)
+
+
+# --------------------------------------------------------------------------- events
+
+
+def add_event(
+    conn: Connection,
+    finetune_id: str,
+    type_: str,
+    message: str,
+    *,
+    level: EventLevel = EventLevel.info,
+    data: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        insert(finetune_events).values(
+            finetune_id=finetune_id, created_at=utcnow(), level=level.value, type=type_, message=message,
+            data=json.loads(json.dumps(data or {}, default=str)),
+        )
+    )
+
+
+def list_events(conn: Connection, finetune_id: str, *, after_id: int, limit: int) -> list[FinetuneEventPublic]:
+    rows = conn.execute(
+        select(finetune_events)
+        .where(finetune_events.c.finetune_id == finetune_id, finetune_events.c.id > after_id)
+        .order_by(finetune_events.c.id)
+        .limit(limit)
+    ).mappings()
+    return [
+        FinetuneEventPublic(
+            id=r["id"], finetune_id=r["finetune_id"], created_at=aware(r["created_at"]), level=EventLevel(r["level"]),
+            type=r["type"], message=r["message"], data=r["data"] or {},
+        )
+        for r in rows
+    ]

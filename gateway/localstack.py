@@ -1,0 +1,159 @@
+"""The local stack behind ``make up`` / ``make down``: the gateway on :8080 and every trainer service
+whose app module imports on :8081-8083, as background processes with pid files in var/run and logs
+in var/logs.
+
+    python -m gateway.localstack up | down | status
+
+``up`` is idempotent (a running component is left alone) and waits until everything it started
+answers /health. A fresh checkout gets a random admin API key and upload-signing secret in
+var/run (unless TRAINYARD_ADMIN_API_KEY / TRAINYARD_UPLOAD_SIGNING_SECRET are set), so the demo
+and curl work without a manual step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from common.cli import DEFAULT_PORTS
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_DIR = REPO / "var" / "run"
+LOG_DIR = REPO / "var" / "logs"
+COMPONENTS = ("huggingface", "unsloth", "dpo", "gateway")
+SECRETS = {"admin-key": "TRAINYARD_ADMIN_API_KEY", "upload-secret": "TRAINYARD_UPLOAD_SIGNING_SECRET"}
+HEALTH_TIMEOUT = 90.0
+STOP_TIMEOUT = 15.0
+
+
+def url(component: str) -> str:
+    return f"http://127.0.0.1:{DEFAULT_PORTS[component]}"
+
+
+def _pid(component: str) -> int | None:
+    """The pid of a running component started by ``up``, or None (a stale pid file is removed)."""
+    path = RUN_DIR / f"{component}.pid"
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def _importable(component: str) -> bool:
+    """Whether services/<component>/app.py exists and imports (checked in a subprocess: cheap and isolated)."""
+    if importlib.util.find_spec(f"services.{component}") is None:
+        return False
+    code = f"import services.{component}.app"
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True).returncode == 0
+
+
+def secret_env() -> dict[str, str]:
+    """The stack's admin key and upload secret: from the environment, else from var/run (created once)."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    env = {}
+    for name, var in SECRETS.items():
+        path = RUN_DIR / name
+        if not os.environ.get(var) and not path.exists():
+            path.write_text("ty_" + secrets.token_urlsafe(32) + "\n")
+            path.chmod(0o600)
+        env[var] = os.environ.get(var) or path.read_text().strip()
+    return env
+
+
+def healthy(component: str) -> bool:
+    try:
+        return httpx.get(f"{url(component)}/health", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def up() -> list[str]:
+    """Start what is not running; return what this call started. Raises SystemExit if one fails."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **secret_env(), "PYTHONPATH": str(REPO)}
+    started = []
+    for component in COMPONENTS:
+        if (pid := _pid(component)) is not None:
+            print(f"{component}: already running (pid {pid})")
+            continue
+        if component != "gateway" and not _importable(component):
+            print(f"{component}: services/{component}/app.py does not import (yet); not started")
+            continue
+        if healthy(component):
+            print(f"{component}: something else already answers on {url(component)}; not started")
+            continue
+        log = (LOG_DIR / f"{component}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "common.cli", "serve", component], cwd=REPO, env=env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        (RUN_DIR / f"{component}.pid").write_text(f"{proc.pid}\n")
+        print(f"{component}: starting on {url(component)} (pid {proc.pid}, log var/logs/{component}.log)")
+        started.append(component)
+    deadline = time.monotonic() + HEALTH_TIMEOUT
+    waiting = set(started)
+    while waiting and time.monotonic() < deadline:
+        for component in sorted(waiting):
+            if _pid(component) is None:
+                raise SystemExit(f"{component} exited while starting; see var/logs/{component}.log")
+            if healthy(component):
+                waiting.discard(component)
+                print(f"{component}: healthy")
+        time.sleep(0.3)
+    if waiting:
+        raise SystemExit(f"not healthy after {HEALTH_TIMEOUT:.0f}s: {', '.join(sorted(waiting))}; see var/logs/")
+    return started
+
+
+def down(components: tuple[str, ...] | list[str] = COMPONENTS) -> None:
+    """Stop components started by ``up`` (SIGTERM, then SIGKILL after STOP_TIMEOUT)."""
+    for component in reversed(list(components)):
+        pid = _pid(component)
+        if pid is None:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline and _pid(component) is not None:
+            time.sleep(0.1)
+        if _pid(component) is not None:
+            os.kill(pid, signal.SIGKILL)
+        (RUN_DIR / f"{component}.pid").unlink(missing_ok=True)
+        print(f"{component}: stopped (pid {pid})")
+
+
+def status() -> None:
+    for component in COMPONENTS:
+        pid = _pid(component)
+        state = "healthy" if healthy(component) else "not answering"
+        print(f"{component:<12} {url(component):<24} {'pid ' + str(pid) if pid else 'not started by make up':<24} {state}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway.localstack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("up", "down", "status"))
+    args = parser.parse_args()
+    if args.command == "up":
+        up()
+        print(f"gateway: {url('gateway')}/docs  (API key: {RUN_DIR.relative_to(REPO)}/admin-key "
+              "unless TRAINYARD_ADMIN_API_KEY is set)")
+    elif args.command == "down":
+        down()
+    else:
+        status()
+
+
+if __name__ == "__main__":
+    main()

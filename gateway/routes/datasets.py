@@ -1,0 +1,115 @@
+"""/v1/datasets (and, with the internal Auth, /v1/dataservice/datasets): thin routes over gateway.datasets."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from common.errors import BadRequest, PayloadTooLarge, Unprocessable
+from common.schemas import (
+    DatasetCreate,
+    DatasetCreated,
+    DatasetPublic,
+    DatasetUpdate,
+    Envelope,
+    ErrorBody,
+    ListEnvelope,
+)
+from gateway import datasets
+from gateway.auth import Principal
+from gateway.deps import Auth, GatewayDep
+
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
+
+UPLOAD_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "The JSONL file."},
+                        "name": {"type": "string", "description": "Defaults to the file's name."},
+                        "type": {"type": "string", "enum": ["training", "validation"], "default": "training"},
+                        "provider": {"type": "string", "enum": ["huggingface", "unsloth", "dpo"]},
+                        "model": {"type": "string"},
+                        "project_id": {"type": "string", "default": "default"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def build_router(auth: Auth, tag: str = "datasets") -> APIRouter:
+    Reader = Annotated[Principal, Depends(auth.read)]
+    Writer = Annotated[Principal, Depends(auth.write)]
+    router = APIRouter(prefix="/datasets", tags=[tag], responses=ERRORS)
+
+    @router.post("", response_model=Envelope[DatasetCreated])
+    def create_dataset(body: DatasetCreate, who: Writer, gw: GatewayDep, request: Request) -> Envelope[DatasetCreated]:
+        """Create a dataset; PUT its file to `signed_url`, then attach it with PUT /datasets/{id}."""
+        return Envelope(data=datasets.create(gw, who, body, str(request.base_url)))
+
+    @router.post("/upload", response_model=Envelope[DatasetPublic], openapi_extra=UPLOAD_FORM)
+    async def upload_dataset(request: Request, who: Writer, gw: GatewayDep) -> Envelope[DatasetPublic]:
+        """Create a dataset from a small file in one multipart call (limit: max_direct_upload_bytes)."""
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit():
+            raise BadRequest("send the file with a Content-Length (a multipart/form-data body)")
+        limit = gw.settings.max_direct_upload_bytes
+        if int(length) > limit + 64 * 1024:
+            raise PayloadTooLarge(f"the file is larger than the limit of {limit} bytes")
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("the form needs a 'file' part")
+        fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
+        fields.setdefault("name", upload.filename or "data.jsonl")
+        try:
+            body = DatasetCreate.model_validate(fields)
+        except ValidationError as e:
+            raise Unprocessable([{"loc": list(map(str, x["loc"])), "msg": x["msg"], "type": x["type"]}
+                                 for x in e.errors()]) from e
+        try:
+            result = await run_in_threadpool(
+                datasets.upload_direct, gw, who, body, upload.file, int(length), str(request.base_url)
+            )
+        finally:
+            await form.close()
+        return Envelope(data=result)
+
+    @router.get("", response_model=ListEnvelope[DatasetPublic])
+    def list_datasets(
+        who: Reader, gw: GatewayDep,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> ListEnvelope[DatasetPublic]:
+        data, count = datasets.list_(gw, who, limit=limit, offset=offset)
+        return ListEnvelope(data=data, count=count)
+
+    @router.get("/{dataset_id}", response_model=Envelope[DatasetPublic])
+    def get_dataset(dataset_id: str, who: Reader, gw: GatewayDep) -> Envelope[DatasetPublic]:
+        return Envelope(data=datasets.get(gw, who, dataset_id))
+
+    @router.put("/{dataset_id}", response_model=Envelope[DatasetPublic])
+    def update_dataset(dataset_id: str, body: DatasetUpdate, who: Writer, gw: GatewayDep) -> Envelope[DatasetPublic]:
+        """Attach the uploaded object (its key) to the dataset."""
+        return Envelope(data=datasets.attach(gw, who, dataset_id, body.s3_path))
+
+    @router.post("/{dataset_id}/signed_url", response_model=Envelope[DatasetCreated])
+    def renew_signed_url(dataset_id: str, who: Writer, gw: GatewayDep, request: Request) -> Envelope[DatasetCreated]:
+        """A fresh upload URL for the dataset (the first one expired)."""
+        return Envelope(data=datasets.new_signed_url(gw, who, dataset_id, str(request.base_url)))
+
+    @router.delete("/{dataset_id}", response_model=Envelope[dict])
+    def delete_dataset(dataset_id: str, who: Writer, gw: GatewayDep) -> Envelope[dict]:
+        """Delete the dataset and the file uploaded for it; 409 while a finetune uses it."""
+        datasets.delete(gw, who, dataset_id)
+        return Envelope(data={})
+
+    return router

@@ -1,0 +1,88 @@
+"""/v1/finetune (and, with the internal Auth, /v1/dataservice/finetune): thin routes over gateway.finetunes."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query
+
+from common.schemas import (
+    Envelope,
+    ErrorBody,
+    FinetuneCreate,
+    FinetuneCreated,
+    FinetuneEventPublic,
+    FinetunePublic,
+    FinetuneStart,
+    FinetuneStatus,
+    FinetuneUpdate,
+    ListEnvelope,
+    LogsPublic,
+)
+from gateway import finetunes
+from gateway.auth import Principal
+from gateway.deps import Auth, GatewayDep
+
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 502, 503)}
+
+
+def build_router(auth: Auth, tag: str = "finetune") -> APIRouter:
+    Reader = Annotated[Principal, Depends(auth.read)]
+    Writer = Annotated[Principal, Depends(auth.write)]
+    router = APIRouter(prefix="/finetune", tags=[tag], responses=ERRORS)
+
+    @router.post("", response_model=Envelope[FinetuneCreated])
+    def create_finetune(body: FinetuneCreate, who: Writer, gw: GatewayDep) -> Envelope[FinetuneCreated]:
+        """Create a finetune (status `created`); `provider` picks the trainer service."""
+        return Envelope(data=finetunes.create(gw, who, body))
+
+    @router.get("", response_model=ListEnvelope[FinetunePublic])
+    def list_finetunes(
+        who: Reader, gw: GatewayDep, status: FinetuneStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> ListEnvelope[FinetunePublic]:
+        data, count = finetunes.list_(gw, who, status=status, limit=limit, offset=offset)
+        return ListEnvelope(data=data, count=count)
+
+    @router.get("/{finetune_id}", response_model=Envelope[FinetunePublic])
+    def get_finetune(finetune_id: str, who: Reader, gw: GatewayDep) -> Envelope[FinetunePublic]:
+        """Status, validation result, progress, metrics and output location."""
+        return Envelope(data=finetunes.get(gw, who, finetune_id))
+
+    @router.put("/{finetune_id}", response_model=Envelope[FinetunePublic])
+    def update_finetune(finetune_id: str, body: FinetuneUpdate, who: Writer, gw: GatewayDep) -> Envelope[FinetunePublic]:
+        """Attach datasets; resets the finetune to `created` (409 while its job is pending or running)."""
+        return Envelope(data=finetunes.update(gw, who, finetune_id, body))
+
+    @router.post("/{finetune_id}/validation/start", response_model=Envelope[FinetunePublic])
+    def start_validation(finetune_id: str, who: Writer, gw: GatewayDep) -> Envelope[FinetunePublic]:
+        """Validate the datasets in the background; poll GET until pk_dataset_validation_successfull or _failed."""
+        return Envelope(data=finetunes.start_validation(gw, who, finetune_id))
+
+    @router.post("/{finetune_id}/start", response_model=Envelope[FinetunePublic])
+    def start_finetune(
+        finetune_id: str, who: Writer, gw: GatewayDep, body: Annotated[FinetuneStart | None, Body()] = None
+    ) -> Envelope[FinetunePublic]:
+        """Submit the training job (409 unless validation succeeded; 503 if the service is down)."""
+        return Envelope(data=finetunes.start(gw, who, finetune_id, body or FinetuneStart()))
+
+    @router.post("/{finetune_id}/cancel", response_model=Envelope[FinetunePublic])
+    def cancel_finetune(finetune_id: str, who: Writer, gw: GatewayDep) -> Envelope[FinetunePublic]:
+        return Envelope(data=finetunes.cancel(gw, who, finetune_id))
+
+    @router.get("/{finetune_id}/events", response_model=ListEnvelope[FinetuneEventPublic])
+    def finetune_events(
+        finetune_id: str, who: Reader, gw: GatewayDep,
+        after: Annotated[int, Query(ge=0, description="Only events with id > after.")] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> ListEnvelope[FinetuneEventPublic]:
+        """The finetune's status changes (validation, start, the job's states)."""
+        data = finetunes.events(gw, who, finetune_id, after_id=after, limit=limit)
+        return ListEnvelope(data=data, count=len(data))
+
+    @router.get("/{finetune_id}/logs", response_model=Envelope[LogsPublic])
+    def finetune_logs(
+        finetune_id: str, who: Reader, gw: GatewayDep, tail: Annotated[int, Query(ge=0, le=100_000)] = 100
+    ) -> Envelope[LogsPublic]:
+        """The training job's last `tail` log lines (0: all), from the trainer service."""
+        return Envelope(data=LogsPublic.model_validate(finetunes.logs(gw, who, finetune_id, tail)))
+
+    return router

@@ -1,0 +1,45 @@
+"""Signed upload URLs for file:// storage: ``PUT /v1/uploads/{dataset_id}?expires=<unix>&sig=<hmac>``.
+
+The signature is HMAC-SHA256 over the method, the dataset id, the object key the upload lands at
+and the expiry, keyed by TRAINYARD_UPLOAD_SIGNING_SECRET. The URL itself is the credential (like an
+S3 presigned URL): no API key is needed to use it, and changing any part of it, or using it after
+``expires``, gets 403. With s3:// storage the gateway hands out S3's own presigned PUT instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from urllib.parse import urlencode
+
+from common.errors import Forbidden
+
+
+class SignatureInvalid(Forbidden):
+    error = "invalid_signature"
+
+
+class SignatureExpired(Forbidden):
+    error = "signature_expired"
+
+
+def sign(secret: bytes, dataset_id: str, key: str, expires: int) -> str:
+    msg = f"PUT\n{dataset_id}\n{key}\n{expires}".encode()
+    return hmac.new(secret, msg, hashlib.sha256).hexdigest()
+
+
+def upload_url(base_url: str, secret: bytes, dataset_id: str, key: str, ttl_seconds: int) -> tuple[str, int]:
+    """(URL, expiry as unix seconds)."""
+    expires = int(time.time()) + ttl_seconds
+    query = urlencode({"expires": expires, "sig": sign(secret, dataset_id, key, expires)})
+    return f"{base_url.rstrip('/')}/v1/uploads/{dataset_id}?{query}", expires
+
+
+def verify(secret: bytes, dataset_id: str, key: str, expires: int, sig: str, *, now: float | None = None) -> None:
+    """Raises: SignatureInvalid (any part changed), SignatureExpired (valid but too late)."""
+    expected = sign(secret, dataset_id, key, expires)
+    if not hmac.compare_digest(expected, sig):
+        raise SignatureInvalid("the upload URL's signature does not match; request a new URL")
+    if (now if now is not None else time.time()) > expires:
+        raise SignatureExpired("the upload URL has expired; request a new one (POST /v1/datasets)")

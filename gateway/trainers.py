@@ -1,0 +1,111 @@
+"""The gateway's client of the trainer services: one pooled httpx client, a deadline on every call.
+
+Which service a finetune runs on is data (``common.schemas.service_for``); its URL comes from
+settings (``TRAINYARD_SERVICE_URL_<NAME>``). Failures become the common error tree:
+
+    service not reachable                  ServiceUnavailable (503), naming the service and URL
+    request sent, no answer in time        ServiceNoAnswer (503): the service may have acted on it
+    service answered 4xx                   the same status class, with the service's detail
+    service answered 5xx or garbage        TrainerServiceError (502)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from common.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    TrainyardError,
+    Unprocessable,
+)
+from common.settings import Settings
+
+log = logging.getLogger("trainyard.gateway.trainers")
+
+
+class TrainerServiceError(TrainyardError):
+    """The trainer service answered, but not sensibly (5xx or a body that is not a job)."""
+
+    status_code, error = 502, "trainer_service_error"
+
+
+class ServiceNoAnswer(ServiceUnavailable):
+    """The request was sent but no answer came (a timeout or a dropped connection): the service may
+    or may not have acted on it."""
+
+
+class TrainerClient:
+    """Calls ``POST /train``, ``GET /jobs/{id}``, ``POST /jobs/{id}/cancel`` and ``GET /jobs/{id}/logs``.
+
+    Thread-safe (httpx.Client is); built once in the app lifespan, closed on shutdown."""
+
+    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
+        self.urls = {
+            "huggingface": settings.service_url_huggingface.rstrip("/"),
+            "unsloth": settings.service_url_unsloth.rstrip("/"),
+            "dpo": settings.service_url_dpo.rstrip("/"),
+        }
+        t = settings.service_timeout_seconds
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(t, connect=min(t, 3.0), pool=min(t, 3.0)),
+            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def url(self, service: str) -> str:
+        """Raises: Unprocessable for a service the gateway does not know."""
+        try:
+            return self.urls[service]
+        except KeyError:
+            raise Unprocessable(f"unknown trainer service '{service}' (known: {', '.join(sorted(self.urls))})") from None
+
+    def submit(self, service: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call(service, "POST", "/train", json=body)
+
+    def get_job(self, service: str, job_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        return self._call(service, "GET", f"/jobs/{job_id}", timeout=timeout)
+
+    def cancel(self, service: str, job_id: str) -> dict[str, Any]:
+        return self._call(service, "POST", f"/jobs/{job_id}/cancel")
+
+    def logs(self, service: str, job_id: str, tail: int) -> dict[str, Any]:
+        return self._call(service, "GET", f"/jobs/{job_id}/logs", params={"tail": tail})
+
+    def _call(self, service: str, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> dict[str, Any]:
+        base = self.url(service)
+        try:
+            r = self.http.request(method, base + path, timeout=timeout or httpx.USE_CLIENT_DEFAULT, **kw)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:  # nothing was sent
+            raise ServiceUnavailable(
+                f"the {service} trainer service at {base} is unreachable ({type(e).__name__}); is it running?"
+            ) from e
+        except httpx.TransportError as e:
+            raise ServiceNoAnswer(
+                f"the {service} trainer service at {base} did not answer {method} {path} ({type(e).__name__})"
+            ) from e
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if r.status_code < 400 and isinstance(body, dict):
+            return body
+        detail = body.get("detail") if isinstance(body, dict) else None
+        detail = detail if detail is not None else f"HTTP {r.status_code}"
+        errors: dict[int, type[TrainyardError]] = {
+            400: BadRequest, 404: NotFound, 409: Conflict, 422: Unprocessable,
+        }
+        if r.status_code in errors:
+            raise errors[r.status_code](detail)
+        if r.status_code == 503:
+            raise ServiceUnavailable(f"the {service} trainer service is unavailable: {detail}")
+        log.warning("%s %s%s answered %s", method, base, path, r.status_code)
+        raise TrainerServiceError(f"the {service} trainer service answered HTTP {r.status_code} to {method} {path}")
