@@ -6,6 +6,19 @@ way it would on a pretrained model. This is the measurement used to tune that bu
 same public APIs the training program uses (TRL SFTTrainer + PEFT LoRA, transformers 5 / TRL 1.16).
 
     python -m bench.lora_learns [--steps 80] [--lr 3e-3] [--lora-r 8] [--full]
+
+Measured 2026-11-28 on a 2-core box shared with other jobs (so wall times are loose), BUILD_VERSION 3:
+- build: 301,536 params, 1.2 MB on disk, 150 pre-training steps in ~26 CPU s (35-50 s wall under load);
+  a cache hit returns in 0.2 s.
+- LoRA r=8, 80 steps x 8 rows, lr 3e-3: held-out assistant-token loss 8.56 -> 2.31 (-73%), training
+  4-9 s; the same for seeds 0-2; 60 steps at 2e-3: -71%; 100 steps at 5e-3: -74%; r=16: -74%;
+  full fine-tune at 2e-3: 8.56 -> 1.77 (-79%).
+- Greedy exact match stays 0%: the adapter learns the answer format, the words and when to stop
+  ("reverse: bear, dog, goat, car" -> "6" before, "sear, white, white, white" after), not the order.
+- With space-separated answers (the format of the pre-training's sibling tasks) the drop depended on
+  the build seed (-12% to -37%), which is why the sample task uses commas.
+- TRL's default bf16=True made the same LoRA run 4.6x slower on CPU, for the same loss (TRL's other
+  CPU-unfriendly default, gradient checkpointing, was off in both runs).
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ from pathlib import Path
 import torch
 from datasets import load_dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
 from common.train.tiny_model import build_tiny_model
@@ -26,9 +39,9 @@ from common.train.tiny_model import build_tiny_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def exact_match(model: torch.nn.Module, tokenizer, rows: list[dict]) -> float:
-    """Share of validation prompts whose greedy answer equals the reference: the loss made concrete."""
-    hits = 0
+def exact_match(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[dict]) -> tuple[float, str]:
+    """Share of prompts whose greedy answer equals the reference, and one sample: the loss made concrete."""
+    hits, sample = 0, ""
     for row in rows:
         prompt = tokenizer.apply_chat_template(
             row["messages"][:1], add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -36,11 +49,12 @@ def exact_match(model: torch.nn.Module, tokenizer, rows: list[dict]) -> float:
         out = model.generate(**prompt, max_new_tokens=16, do_sample=False)
         answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True).strip()
         hits += answer == row["messages"][1]["content"]
-    return hits / len(rows)
+        sample = sample or f"{row['messages'][0]['content']!r} -> {answer!r}"
+    return hits / len(rows), sample
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--model", type=Path, default=ROOT / "var/models/tiny-llama")
     p.add_argument("--data", type=Path, default=ROOT / "examples/sft")
     p.add_argument("--steps", type=int, default=80)
@@ -63,17 +77,8 @@ def main() -> None:
     print(f"{model.num_parameters():,} params, {size_kb:.0f} KB on disk")
 
     data = load_dataset("json", data_files={s: str(args.data / f"{s}.jsonl") for s in ("train", "validation")})
-    peft_config = (
-        None
-        if args.full
-        else LoraConfig(
-            r=args.lora_r,
-            lora_alpha=2 * args.lora_r,
-            lora_dropout=0.0,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
-    )
+    lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
+    peft_config = None if args.full else lora
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(
             output_dir=out,
@@ -103,20 +108,22 @@ def main() -> None:
             processing_class=tokenizer,
             peft_config=peft_config,
         )
-        trainer.model.print_trainable_parameters() if peft_config else None
+        if peft_config:
+            trainer.model.print_trainable_parameters()
         rows = list(data["validation"])[:20]
         before = trainer.evaluate()["eval_loss"]
-        em_before = exact_match(trainer.model, tokenizer, rows)
+        em_before, sample_before = exact_match(trainer.model, tokenizer, rows)
         t0 = time.perf_counter()
         trainer.train()
         train_s = time.perf_counter() - t0
         after = trainer.evaluate()["eval_loss"]
-        em_after = exact_match(trainer.model, tokenizer, rows)
+        em_after, sample_after = exact_match(trainer.model, tokenizer, rows)
 
     kind = "full" if args.full else f"LoRA r={args.lora_r}"
     print(f"{kind}, {args.steps} steps x {args.batch_size} rows, lr {args.lr:g}: train {train_s:.1f}s")
     print(f"eval loss (assistant tokens) {before:.3f} -> {after:.3f} ({(after - before) / before:+.1%})")
     print(f"exact match on {len(rows)} validation prompts: {em_before:.0%} -> {em_after:.0%}")
+    print(f"greedy sample before: {sample_before}\n              after:  {sample_after}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Generate the sample datasets in examples/sft and examples/dpo (deterministic; output is committed).
 
-Why this task: word reversal ("reverse: cat dog bird" -> "bird dog cat") has one right answer that
-is checkable by eye, plausible wrong answers for DPO (original order, one swap, a dropped word), and
-it is learnable by the tiny model from common/train/tiny_model.py, which has seen these words and the
-chat format in pre-training but never this task.
+Why this task: list reversal ("reverse: cat, dog, bird" -> "bird, dog, cat") has one right answer
+that is checkable by eye and plausible wrong answers for DPO (original order, one swap, a dropped
+word). The tiny model from common/train/tiny_model.py has seen these words and the chat format in
+pre-training, but never this task nor comma-separated answers, so a short LoRA run has something
+clear to learn (bench/lora_learns.py measures it).
 
     python examples/make_samples.py
 """
@@ -27,10 +28,10 @@ WORDS = [
 
 def prompt_and_answer(rng: random.Random, seen: set[str]) -> tuple[str, list[str], str]:
     """A prompt not generated before, so validation rows never repeat training rows."""
-    while (prompt := f"reverse: {' '.join(words := rng.sample(WORDS, rng.randint(2, 5)))}") in seen:
+    while (prompt := f"reverse: {', '.join(words := rng.sample(WORDS, rng.randint(2, 5)))}") in seen:
         pass
     seen.add(prompt)
-    return prompt, words, " ".join(reversed(words))
+    return prompt, words, ", ".join(reversed(words))
 
 
 def wrong_answer(rng: random.Random, words: list[str]) -> str:
@@ -47,7 +48,7 @@ def wrong_answer(rng: random.Random, words: list[str]) -> str:
         wrong = answer[:i] + [answer[i + 1], answer[i]] + answer[i + 2 :]
     else:
         wrong = answer[: (i := rng.randrange(len(answer)))] + answer[i + 1 :]
-    return " ".join(wrong)
+    return ", ".join(wrong)
 
 
 def sft_row(rng: random.Random, seen: set[str]) -> dict[str, list[dict[str, str]]]:
@@ -56,8 +57,11 @@ def sft_row(rng: random.Random, seen: set[str]) -> dict[str, list[dict[str, str]
 
 
 def dpo_row(rng: random.Random, seen: set[str]) -> dict[str, str]:
+    """Plain-string preference rows: TRL joins prompt + answer as they are, so the prompt ends with a
+    newline; without a separator "... boat" + "boat sheep" would read "boatboat sheep" and the
+    tokenizer would merge across the boundary."""
     prompt, words, answer = prompt_and_answer(rng, seen)
-    return {"prompt": prompt, "chosen": answer, "rejected": wrong_answer(rng, words)}
+    return {"prompt": prompt + "\n", "chosen": answer, "rejected": wrong_answer(rng, words)}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

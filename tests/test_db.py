@@ -13,12 +13,13 @@ from common.schemas import EventType, JobStatus
 
 @pytest.fixture
 def engine(database_url: str):
+    """The session's PostgreSQL database is shared with the service tests: start empty."""
     eng = db.make_engine(database_url)
     db.init_db(eng)
-    yield eng
     with db.tx(eng) as conn:
         conn.execute(db.events.delete())
         conn.execute(db.jobs.delete())
+    yield eng
     eng.dispose()
 
 
