@@ -92,7 +92,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", default=os.environ.get("OMP_NUM_THREADS", "1"),
+                    help="torch threads on both sides (1 keeps OpenMP from thrashing on a shared CPU)")
     args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = args.threads  # inherited by the plain script and by the service's jobs
 
     from common.train.tiny_model import build_tiny_model
 
@@ -115,7 +118,7 @@ def main() -> None:
     s_tps = statistics.median(r["tps"] for r in service)
     p_wall = statistics.median(r["wall"] for r in plain)
     s_wall = statistics.median(r["wall"] for r in service)
-    print(f"steps={args.steps} rounds={args.rounds} (medians)")
+    print(f"steps={args.steps} rounds={args.rounds} threads={args.threads} (medians)")
     print(f"{'':24}{'tokens/s (train loop)':>24}{'wall s (end to end)':>22}")
     print(f"{'plain TRL script':24}{p_tps:>24.0f}{p_wall:>22.2f}")
     print(f"{'through the service':24}{s_tps:>24.0f}{s_wall:>22.2f}")
