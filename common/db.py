@@ -8,10 +8,11 @@ allowed``), so several replicas racing on one row can never move a job backwards
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -48,10 +49,45 @@ from common.schemas import (
 )
 
 metadata = MetaData()
+StatusT = TypeVar("StatusT", bound=StrEnum)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored here is UTC."""
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
+
+
+def jsonable(data: dict[str, Any] | None) -> dict[str, Any]:
+    """An event's ``data`` as plain JSON (datetimes, enums and the like become strings)."""
+    return json.loads(json.dumps(data or {}, default=str))
+
+
+def move_status(
+    conn: Connection,
+    table: Table,
+    row_id: str,
+    to: StatusT,
+    transitions: Mapping[StatusT, Collection[StatusT]],
+    *where: Any,
+    **values: Any,
+) -> bool:
+    """The conditional UPDATE behind every status change of a job or a finetune: ``status = to``
+    only where the row's status may move to ``to`` by ``transitions`` (and every extra ``where``
+    holds), so replicas racing on one row can never move it backwards. Returns whether the row
+    moved; the caller records the status event."""
+    allowed_from = [s.value for s, targets in transitions.items() if to in targets]
+    res = conn.execute(
+        update(table)
+        .where(table.c.id == row_id, table.c.status.in_(allowed_from), *where)
+        .values(status=to.value, **values)
+    )
+    return res.rowcount == 1
 
 
 jobs = Table(
@@ -179,21 +215,15 @@ def job_public(row: RowMapping) -> JobPublic:
         error=row["error"],
         output_uri=row["output_uri"],
         log_uri=row["log_uri"],
-        created_at=_aware(row["created_at"]),
-        updated_at=_aware(row["updated_at"]),
-        started_at=_aware(row["started_at"]),
-        finished_at=_aware(row["finished_at"]),
+        created_at=aware(row["created_at"]),
+        updated_at=aware(row["updated_at"]),
+        started_at=aware(row["started_at"]),
+        finished_at=aware(row["finished_at"]),
         labels=row["labels"] or {},
         runner=row["runner"],
         runner_ref=row["runner_ref"],
         request=row["request"] or {},
     )
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    if dt is not None and dt.tzinfo is None:  # SQLite drops tzinfo
-        return dt.replace(tzinfo=UTC)
-    return dt
 
 
 def update_job(conn: Connection, job_id: str, **values: Any) -> None:
@@ -213,19 +243,13 @@ def set_status(
     """The one place a status changes: a conditional UPDATE guarded by the transition
     table, plus a status event. Returns False (and changes nothing) when the move is
     not allowed from the job's current status, e.g. a late 'failed' after 'cancelled'."""
-    allowed_from = [s.value for s, targets in TRANSITIONS.items() if to in targets]
     now = utcnow()
     extra: dict[str, Any] = {}
     if to == JobStatus.running:
         extra["started_at"] = now
     if to in TERMINAL:
         extra["finished_at"] = now
-    res = conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status.in_(allowed_from))
-        .values(status=to.value, updated_at=now, **extra, **values)
-    )
-    if res.rowcount != 1:
+    if not move_status(conn, jobs, job_id, to, TRANSITIONS, updated_at=now, **extra, **values):
         return False
     add_event(conn, job_id, EventType.status, message, level=level, data={"status": to.value, **(data or {})})
     return True
@@ -279,7 +303,7 @@ def add_event(
             level=level.value,
             type=type_.value,
             message=message,
-            data=json.loads(json.dumps(data or {}, default=str)),
+            data=jsonable(data),
         )
     )
 
@@ -292,7 +316,7 @@ def list_events(conn: Connection, job_id: str, *, after_id: int = 0, limit: int 
         EventPublic(
             id=r["id"],
             job_id=r["job_id"],
-            created_at=_aware(r["created_at"]),
+            created_at=aware(r["created_at"]),
             level=EventLevel(r["level"]),
             type=EventType(r["type"]),
             message=r["message"],

@@ -10,8 +10,7 @@ the background refresher, can never move a finetune backwards.
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, RowMapping
 
+from common.db import aware, jsonable, move_status, utcnow
 from common.errors import NotFound
 from common.schemas import (
     FINETUNE_ACTIVE,
@@ -44,17 +44,6 @@ from common.schemas import (
 )
 
 metadata = MetaData()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(dt: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything here is UTC."""
-    if dt is not None and dt.tzinfo is None:
-        return dt.replace(tzinfo=UTC)
-    return dt
 
 
 api_keys = Table(
@@ -286,16 +275,9 @@ def set_finetune_status(
     """The one place a finetune's status changes: a conditional UPDATE guarded by the transition
     table (narrowed by ``only_from`` and ``where``), plus a status event. Returns False and changes
     nothing when the move is not allowed from the current status."""
-    allowed = [s for s, targets in FINETUNE_TRANSITIONS.items() if to in targets]
     if only_from is not None:
-        allowed = [s for s in allowed if s in only_from]
-    now = utcnow()
-    res = conn.execute(
-        update(finetunes)
-        .where(finetunes.c.id == finetune_id, finetunes.c.status.in_([s.value for s in allowed]), *where)
-        .values(status=to.value, updated_at=now, **values)
-    )
-    if res.rowcount != 1:
+        where = (finetunes.c.status.in_([s.value for s in only_from]), *where)
+    if not move_status(conn, finetunes, finetune_id, to, FINETUNE_TRANSITIONS, *where, updated_at=utcnow(), **values):
         return False
     add_event(conn, finetune_id, "status", message, level=level, data={"status": to.value, **(data or {})})
     return True
@@ -354,7 +336,7 @@ def add_event(
     conn.execute(
         insert(finetune_events).values(
             finetune_id=finetune_id, created_at=utcnow(), level=level.value, type=type_, message=message,
-            data=json.loads(json.dumps(data or {}, default=str)),
+            data=jsonable(data),
         )
     )
 

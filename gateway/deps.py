@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request, Security
+from fastapi import Depends, Header, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from common.schemas import Scope
@@ -24,6 +24,9 @@ def _gateway(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
+# one page of a list route: ?limit=&offset=
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0)]
 
 _api_key = APIKeyHeader(name="x-portkey-api-key", auto_error=False, scheme_name="ApiKey",
                         description="A Trainyard API key (also accepted as Authorization: Bearer).")

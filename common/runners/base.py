@@ -19,11 +19,13 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import Engine, select
+from sqlalchemy.engine import RowMapping
 
 from common import db
 from common.errors import StorageError
@@ -257,6 +259,18 @@ class JobRunner(ABC):
     @abstractmethod
     def reconcile(self) -> None:
         """On start: adopt or fail the jobs a previous process left running."""
+
+    def unfinished_jobs(self) -> Sequence[RowMapping]:
+        """What ``reconcile`` looks at: this backend's pending and running jobs of this runner kind,
+        whichever replica claimed them."""
+        with db.tx(self.engine) as conn:
+            return conn.execute(
+                select(db.jobs).where(
+                    db.jobs.c.backend == self.deps.backend,
+                    db.jobs.c.runner == self.name,
+                    db.jobs.c.status.in_([JobStatus.running.value, JobStatus.pending.value]),
+                )
+            ).mappings().all()
 
     @abstractmethod
     def launch(self, row: Any, env: dict[str, str]) -> tuple[Any, str]:

@@ -40,7 +40,6 @@ from kubernetes import client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
-from sqlalchemy import select
 
 from common import db, exitcodes
 from common.errors import RunnerError, StorageError
@@ -517,15 +516,7 @@ class KubernetesRunner(JobRunner):
         pending + claimed + Job   -> the Job is deleted (its token was lost); queued once it is gone
         """
         with self._lock:
-            with db.tx(self.engine) as conn:
-                rows = conn.execute(
-                    select(db.jobs).where(
-                        db.jobs.c.backend == self.deps.backend,
-                        db.jobs.c.runner == self.name,
-                        db.jobs.c.status.in_([JobStatus.running.value, JobStatus.pending.value]),
-                    )
-                ).mappings().all()
-            rows = [r for r in rows if r["id"] not in self._active
+            rows = [r for r in self.unfinished_jobs() if r["id"] not in self._active
                     and (r["status"] == JobStatus.running.value or r["claimed_by"])]
             if not rows:
                 return
@@ -563,7 +554,7 @@ class KubernetesRunner(JobRunner):
             db.update_job(conn, row["id"], claimed_by=self.replica)
             db.add_event(conn, row["id"], EventType.status, f"adopted by {self.replica} (Job {name})")
         minutes = ((row["request"] or {}).get("resources") or {}).get("max_duration_minutes", 720)
-        started = db._aware(row["started_at"])
+        started = db.aware(row["started_at"])
         elapsed = (db.utcnow() - started).total_seconds() if started else 0.0
         self._active[row["id"]] = Active(row["id"], K8sHandle(row["id"], name), time.monotonic() + minutes * 60 - elapsed)
 

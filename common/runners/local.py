@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from common import db
 from common.errors import StorageError
 from common.runners.base import Exit, JobRunner, tail_lines
@@ -114,15 +112,7 @@ class LocalRunner(JobRunner):
 
     def reconcile(self) -> None:
         """Adopt our host's still-running jobs whose owner died; fail the ones whose process is gone."""
-        with db.tx(self.engine) as conn:
-            rows = conn.execute(
-                select(db.jobs).where(
-                    db.jobs.c.backend == self.deps.backend,
-                    db.jobs.c.runner == self.name,
-                    db.jobs.c.status.in_([JobStatus.running.value, JobStatus.pending.value]),
-                )
-            ).mappings().all()
-        for row in rows:
+        for row in self.unfinished_jobs():
             owner = row["claimed_by"] or ""
             if owner and owner != self.replica and _owner_alive(owner, self.host):
                 continue  # another live replica on this host runs it
@@ -158,7 +148,7 @@ class LocalRunner(JobRunner):
 
         minutes = (row["request"].get("resources") or {}).get("max_duration_minutes", 720)
         started = row["started_at"]
-        elapsed = (db.utcnow() - db._aware(started)).total_seconds() if started else 0.0
+        elapsed = (db.utcnow() - db.aware(started)).total_seconds() if started else 0.0
         return Active(row["id"], handle, time.monotonic() + minutes * 60 - elapsed)
 
     # ----------------------------------------------------------------- logs

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -19,7 +19,7 @@ from common.schemas import (
 )
 from gateway import datasets
 from gateway.auth import Principal
-from gateway.deps import Auth, GatewayDep
+from gateway.deps import Auth, GatewayDep, Limit, Offset
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
 
@@ -86,8 +86,7 @@ def build_router(auth: Auth, tag: str = "datasets") -> APIRouter:
 
     @router.get("", response_model=ListEnvelope[DatasetPublic])
     def list_datasets(
-        who: Reader, gw: GatewayDep,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+        who: Reader, gw: GatewayDep, limit: Limit = 100, offset: Offset = 0
     ) -> ListEnvelope[DatasetPublic]:
         data, count = datasets.list_(gw, who, limit=limit, offset=offset)
         return ListEnvelope(data=data, count=count)

@@ -19,7 +19,7 @@ from common.schemas import (
 )
 from gateway import finetunes
 from gateway.auth import Principal
-from gateway.deps import Auth, GatewayDep
+from gateway.deps import Auth, GatewayDep, Limit, Offset
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 502, 503)}
 
@@ -36,8 +36,7 @@ def build_router(auth: Auth, tag: str = "finetune") -> APIRouter:
 
     @router.get("", response_model=ListEnvelope[FinetunePublic])
     def list_finetunes(
-        who: Reader, gw: GatewayDep, status: FinetuneStatus | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+        who: Reader, gw: GatewayDep, status: FinetuneStatus | None = None, limit: Limit = 100, offset: Offset = 0
     ) -> ListEnvelope[FinetunePublic]:
         data, count = finetunes.list_(gw, who, status=status, limit=limit, offset=offset)
         return ListEnvelope(data=data, count=count)

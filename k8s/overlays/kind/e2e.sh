@@ -2,7 +2,7 @@
 # `make e2e-kind`: the cluster path end to end on a local kind cluster. Needs Docker, kind and
 # kubectl (and `make install` for .venv); it is not run in CI, where no container engine exists.
 #
-#  1. builds the five images and loads them into kind
+#  1. builds the two images (training, API) and loads them into kind
 #  2. makes the node advertise a fake nvidia.com/gpu, so Jobs with resources.gpus schedule
 #     (the CUDA build of torch falls back to the CPU there)
 #  3. deploys k8s/overlays/kind: PostgreSQL, MinIO + bucket, gateway and the three services
@@ -31,9 +31,8 @@ trap cleanup EXIT
 echo "== cluster and images"
 kind get clusters | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER" --wait 180s
 docker build -f docker/train.Dockerfile -t trainyard/train:dev .
-docker build -f gateway/Dockerfile -t trainyard/gateway:dev .
-for svc in huggingface unsloth dpo; do docker build -f "services/$svc/Dockerfile" -t "trainyard/$svc:dev" .; done
-for img in train gateway huggingface unsloth dpo; do kind load docker-image --name "$CLUSTER" "trainyard/$img:dev"; done
+docker build -f docker/api.Dockerfile -t trainyard/api:dev .
+for img in train api; do kind load docker-image --name "$CLUSTER" "trainyard/$img:dev"; done
 
 echo "== fake GPU capacity on the node"
 NODE=$(kubectl get nodes -o jsonpath='{.items[0].metadata.name}')
