@@ -43,7 +43,8 @@ ds = load_dataset("json", data_files=data, split="train")
 args = SFTConfig(output_dir=out, learning_rate=3e-3, max_steps=steps, per_device_train_batch_size=8,
                  max_length=128, logging_steps=5, save_strategy="no", eval_strategy="no", use_cpu=True,
                  report_to=[], seed=42, assistant_only_loss=True, disable_tqdm=True,
-                 include_num_input_tokens_seen="no", bf16=False)
+                 include_num_input_tokens_seen="no", bf16=False,
+                 activation_checkpointing=False)  # TRL turns checkpointing on by default; the request's default is off
 peft = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                   task_type="CAUSAL_LM")
 trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft)

@@ -1,13 +1,16 @@
 """Progress from inside a job: one stdout line (the job log) and one POST per report.
 
 The service's internal endpoint turns each ``ProgressReport`` into a job event.
-Reporting must never fail a job: a service that is restarting or unreachable
-costs a log line on stderr, not a training run.
+Reporting must never fail a job nor slow it: POSTs go out in order from a
+background thread, so a training step never waits on the network, and a service
+that is restarting or unreachable costs a log line on stderr, not a training run.
+``close()`` flushes what is queued (bounded) before the program exits.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import sys
 import threading
 import time
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
 
 RETRIES = 3
 TIMEOUT_S = 5.0
+FLUSH_S = 15.0  # how long close() waits for queued reports
 
 
 def is_main_process() -> bool:
@@ -56,6 +60,8 @@ class ProgressReporter:
         self.cancel_requested = threading.Event()
         self.in_training = False
         self._client: httpx.Client | None = None
+        self._queue: queue.Queue[ProgressReport | None] = queue.Queue()
+        self._sender: threading.Thread | None = None
         if enabled and not self.url:
             self._err("TRAINYARD_PROGRESS_URL is not set; progress is printed only")
 
@@ -75,7 +81,10 @@ class ProgressReporter:
             return
         print(format_line(report), file=self.out, flush=True)
         if self.url:
-            self._post(report)
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._drain, name="progress-sender", daemon=True)
+                self._sender.start()
+            self._queue.put(report)
 
     def started(self, message: str = "training program started", **data: Any) -> None:
         self.report(ProgressReport(type="started", message=message, data=data))
@@ -94,12 +103,23 @@ class ProgressReporter:
     def log(self, message: str, level: EventLevel = EventLevel.info) -> None:
         self.report(ProgressReport(type="log", level=level, message=message))
 
-    def close(self) -> None:
+    def close(self, timeout: float = FLUSH_S) -> None:
+        """Deliver what is queued (waiting at most ``timeout`` seconds), then release the client."""
+        if self._sender is not None:
+            self._queue.put(None)
+            self._sender.join(timeout)
+            if self._sender.is_alive():
+                self._err("progress reports still queued at exit were dropped")
+            self._sender = None
         if self._client is not None:
             self._client.close()
             self._client = None
 
     # ------------------------------------------------------------ transport
+
+    def _drain(self) -> None:
+        while (report := self._queue.get()) is not None:
+            self._post(report)
 
     def _post(self, report: ProgressReport) -> None:
         import httpx

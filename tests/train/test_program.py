@@ -382,11 +382,15 @@ def test_reporter_does_not_retry_a_rejected_token(
     progress_server: tuple[str, list[dict[str, Any]]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, received = progress_server
-    ProgressReporter(url, "wrong-token").started(backend="huggingface")
+    rejected = ProgressReporter(url, "wrong-token")
+    rejected.started(backend="huggingface")
+    rejected.close()  # reports go out from a background thread; close() flushes them
     assert len(received) == 1  # a 401 will not get better by retrying
     assert "progress report 'started' not delivered (HTTP 401)" in capsys.readouterr().err
 
-    ProgressReporter(url, PROGRESS_TOKEN).started(backend="huggingface")
+    accepted = ProgressReporter(url, PROGRESS_TOKEN)
+    accepted.started(backend="huggingface")
+    accepted.close()
     assert received[-1]["data"] == {"backend": "huggingface"}
 
 
