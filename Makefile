@@ -71,3 +71,27 @@ status: ## which parts of the local stack run and answer
 	$(PY) -m gateway.localstack status
 
 .PHONY: up down status
+
+# ---- Unsloth environment (issue 4): unsloth pins its own transformers/trl/datasets (5.17/1.15/4.8), so the
+# Unsloth service runs its jobs with .venv-unsloth/bin/python, an environment built like the training image
+# (docker/train.Dockerfile: the train extra + unsloth, torchvision removed since it breaks beside CPU torch).
+# The API processes never import unsloth; GET /info of the Unsloth service says whether it loads here.
+UNSLOTH_VERSION := 2026.10.9
+UNSLOTH_VENV := .venv-unsloth
+UNSLOTH_STAMP := $(UNSLOTH_VENV)/.installed
+
+unsloth-env: $(UNSLOTH_STAMP) ## build .venv-unsloth, where Unsloth jobs run (part of install; ~5 min, 3 GB)
+
+$(UNSLOTH_STAMP): pyproject.toml constraints.txt
+	test -x $(UNSLOTH_VENV)/bin/python || $(PYTHON) -m venv $(UNSLOTH_VENV)
+	$(UNSLOTH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(UNSLOTH_VENV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(UNSLOTH_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[train]' \
+		unsloth==$(UNSLOTH_VERSION) unsloth_zoo==$(UNSLOTH_VERSION)
+	-$(UNSLOTH_VENV)/bin/python -m pip uninstall -q -y torchvision
+	$(UNSLOTH_VENV)/bin/python -c "import common.train.probes as p; p.unsloth_loads()"
+	touch $@
+
+install: unsloth-env
+
+.PHONY: unsloth-env

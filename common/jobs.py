@@ -43,7 +43,7 @@ def submit(
     Raises: BackendUnavailable / Unprocessable (backend constraints), Conflict (duplicate id),
     StorageError (spec could not be written: nothing is persisted then).
     """
-    backend.validate(request, runner=runner.name)
+    backend.validate(request, runner=runner.name, store=store)
     _check_datasets_exist(store, request)
     job_id = request.ensure_id()
     with db.tx(engine) as conn:  # fail fast on a duplicate before writing anything

@@ -152,10 +152,12 @@ def create_service_app(backend: BaseTrainerBackend, settings: Settings | None = 
         )
         app.state.engine, app.state.store, app.state.runner, app.state.backend = engine, store, runner, backend
         runner.start()
+        backend.start(runner.name)
         log.info("%s service ready (runner=%s)", backend.name, runner.name)
         try:
             yield
         finally:
+            backend.stop()
             runner.stop()
             engine.dispose()
 

@@ -18,6 +18,7 @@ from common.errors import BackendUnavailable, Unprocessable
 from common.schemas import Method, TrainingRequest
 
 if TYPE_CHECKING:
+    from common.storage import ObjectStore
     from common.train.reporting import ProgressReporter
 
 # Backends by name, resolved lazily so importing common never imports a service.
@@ -49,6 +50,12 @@ class BaseTrainerBackend(ABC):
     training_type: ClassVar[str] = "sft"  # sft | dpo
     required_modules: ClassVar[tuple[str, ...]] = ()  # must be importable where jobs run
 
+    def start(self, runner: str) -> None:  # noqa: B027 - an optional hook, a no-op by default
+        """Service start-up: begin slow availability checks in the background (default: none)."""
+
+    def stop(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
+        """Service shutdown: end whatever ``start`` began."""
+
     def unavailable_reason(self, runner: str = "local") -> str | None:
         """Why this backend cannot run where its jobs run, or None. Never imports the modules.
 
@@ -75,8 +82,15 @@ class BaseTrainerBackend(ABC):
     def needs_gpu_on_cluster(self) -> bool:
         return True
 
-    def validate(self, request: TrainingRequest, *, runner: str) -> None:
-        """Raises:
+    def check_inputs(self, request: TrainingRequest, store: ObjectStore) -> list[str]:
+        """Cheap request-time looks at the request's objects (e.g. the first row of each dataset,
+        a local model's config.json); empty when fine. Whatever cannot be read is left to the job."""
+        return []
+
+    def validate(self, request: TrainingRequest, *, runner: str, store: ObjectStore | None = None) -> None:
+        """``store`` given (the service): also ``check_inputs``, all problems in one error.
+
+        Raises:
         BackendUnavailable: the backend cannot run on this deployment.
         Unprocessable: the request breaks a backend constraint (all problems listed).
         """
@@ -84,6 +98,8 @@ class BaseTrainerBackend(ABC):
         if reason:
             raise BackendUnavailable(f"the {self.name} backend is unavailable: {reason}")
         problems = self.check(request, runner=runner)
+        if store is not None:
+            problems += self.check_inputs(request, store)
         if problems:
             raise Unprocessable(problems)
 

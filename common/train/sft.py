@@ -54,6 +54,20 @@ def wants_assistant_only_loss(
         return False
 
 
+def checkpointing_args(enabled: bool) -> dict[str, Any]:
+    """Gradient checkpointing under the name this transformers takes: ``activation_checkpointing``
+    since 5.2x (``gradient_checkpointing`` is a deprecated alias that warns there); unsloth's pinned
+    5.17 (the Unsloth environment and the training image) knows only ``gradient_checkpointing``."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    name = "activation_checkpointing"
+    if name not in {f.name for f in fields(TrainingArguments)}:
+        name = "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def to_sft_config(
     request: TrainingRequest,
     output_dir: Path,
@@ -81,9 +95,7 @@ def to_sft_config(
         warmup_steps=tp.warmup_ratio,  # transformers 5: a float in [0, 1) is the ratio (no warmup_ratio)
         lr_scheduler_type=tp.lr_scheduler_type,
         weight_decay=tp.weight_decay,
-        # transformers 5 name (gradient_checkpointing is a deprecated alias that warns)
-        activation_checkpointing=tp.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if tp.gradient_checkpointing else None,
+        **checkpointing_args(tp.gradient_checkpointing),
         max_length=tp.max_sequence_length,
         logging_steps=tp.logging_steps,
         eval_strategy=eval_strategy,

@@ -6,11 +6,15 @@ friends are imported inside ``train()`` only.
 
 from __future__ import annotations
 
-import importlib.util
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from common.schemas import Method, TrainingRequest
+from common.schemas import Method, TrainingRequest, TrainingType
+from common.settings import get_settings
+from common.train.probes import job_python, qlora_problem
 from common.trainer import BaseTrainerBackend, TrainContext
+
+if TYPE_CHECKING:
+    from common.storage import ObjectStore
 
 
 class HuggingFaceBackend(BaseTrainerBackend):
@@ -22,11 +26,17 @@ class HuggingFaceBackend(BaseTrainerBackend):
     def check(self, request: TrainingRequest, *, runner: str) -> list[str]:
         problems = super().check(request, runner=runner)
         cust = request.customization
-        if cust.method == Method.qlora and importlib.util.find_spec("bitsandbytes") is None:
-            problems.append("customization.method 'qlora' needs the bitsandbytes package, which is not installed")
+        # QLoRA: bitsandbytes must quantize to 4 bits where the jobs run (probed once, in the job interpreter).
+        if cust.method == Method.qlora and (reason := qlora_problem(runner, job_python(get_settings().python_executable))):
+            problems.append(reason)
         if cust.method != Method.full and cust.trainable_layers:
             problems.append("customization.trainable_layers applies to method 'full' only")
         return problems
+
+    def check_inputs(self, request: TrainingRequest, store: ObjectStore) -> list[str]:
+        from common.peek import dataset_problems
+
+        return dataset_problems(store, request, TrainingType.sft)
 
     def train(self, ctx: TrainContext) -> dict[str, Any]:
         """Raises: DatasetError (bad data), ModelLoadError (bad base), Unprocessable (bad LoRA options)."""

@@ -1,0 +1,1 @@
+"""DPO trainer service: preference tuning with TRL's DPOTrainer (LoRA by default)."""

@@ -1,0 +1,1 @@
+"""Unsloth trainer service: LoRA/QLoRA/full SFT on Unsloth's FastLanguageModel, in its own environment."""
