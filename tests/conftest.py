@@ -3,7 +3,6 @@ the locally built tiny model and sample data placed in object storage."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.s3 import make_bucket, s3_server  # noqa: F401  (fixture re-export)
+from tests.utils.factories import place_samples
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -67,11 +67,4 @@ def storage_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def sample_uris(storage_root: Path) -> dict[str, str]:
     """The shipped SFT/DPO samples copied into the file:// store, as a user would upload them."""
-    out = {}
-    for kind in ("sft", "dpo"):
-        for split in ("train", "validation"):
-            dest = storage_root / "datasets" / kind / f"{split}.jsonl"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(REPO / "examples" / kind / f"{split}.jsonl", dest)
-            out[f"{kind}_{split}"] = dest.as_uri()
-    return out
+    return place_samples(storage_root)

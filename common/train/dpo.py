@@ -26,7 +26,7 @@ from common.schemas import Method, Precision, TrainingRequest
 from common.train.data import DatasetError
 from common.train.models import resolve_precision
 from common.train.reporting import ProgressReporter, progress_callback
-from common.train.sft import batch_sizes, checkpointing_args
+from common.train.sft import batch_sizes, checkpointing_args, final_eval_log, train_timing
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -162,7 +162,11 @@ def build_trainer(
 
 def evaluate(trainer: DPOTrainer) -> dict[str, float]:
     """Loss and reward statistics on the held-out split, under our names."""
-    raw = trainer.evaluate()
+    return _ours(trainer.evaluate())
+
+
+def _ours(raw: dict[str, Any]) -> dict[str, float]:
+    """TRL's eval metric names mapped onto ours, missing ones dropped."""
     return {ours: float(raw[theirs]) for theirs, ours in REWARD_METRICS.items() if raw.get(theirs) is not None}
 
 
@@ -180,17 +184,9 @@ def train_and_evaluate(trainer: DPOTrainer, reporter: ProgressReporter) -> dict[
     state = trainer.state
     after: dict[str, float] = {}
     if has_eval and not reporter.cancel_requested.is_set():
-        # An epoch-end evaluation at the final step already measured it; don't pay twice.
-        last = next(
-            (h for h in reversed(state.log_history) if "eval_loss" in h and h.get("step") == state.global_step), None
-        )
-        after = (
-            {ours: float(last[theirs]) for theirs, ours in REWARD_METRICS.items() if last.get(theirs) is not None}
-            if last else evaluate(trainer)
-        )
-    runtime = float(result.metrics.get("train_runtime") or 0.0)
-    eval_seconds = sum(h.get("eval_runtime", 0.0) for h in state.log_history[history_start:])
-    train_seconds = max(runtime - eval_seconds, 0.0)
+        last = final_eval_log(state)
+        after = _ours(last) if last else evaluate(trainer)
+    runtime, train_seconds = train_timing(result, state, history_start)
     tokens = getattr(trainer, "_total_train_tokens", None) or None
     metrics: dict[str, Any] = {
         "train_loss": float(result.training_loss),

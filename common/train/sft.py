@@ -179,15 +179,9 @@ def train_and_evaluate(trainer: SFTTrainer, reporter: ProgressReporter) -> dict[
     state = trainer.state
     eval_after = None
     if trainer.eval_dataset is not None and not reporter.cancel_requested.is_set():
-        # An epoch-end evaluation at the final step already measured it; don't pay twice.
-        last = next(
-            (h for h in reversed(state.log_history) if "eval_loss" in h and h.get("step") == state.global_step), None
-        )
+        last = final_eval_log(state)
         eval_after = last["eval_loss"] if last else _eval_loss(trainer)
-    runtime = float(result.metrics.get("train_runtime") or 0.0)
-    # Throughput counts training only: evaluations inside train() (eval_steps/epoch) are not training.
-    eval_seconds = sum(h.get("eval_runtime", 0.0) for h in state.log_history[history_start:])
-    train_seconds = max(runtime - eval_seconds, 0.0)
+    runtime, train_seconds = train_timing(result, state, history_start)
     tokens = _tokens_seen(trainer)
     return {
         "train_loss": float(result.training_loss),
@@ -200,6 +194,21 @@ def train_and_evaluate(trainer: SFTTrainer, reporter: ProgressReporter) -> dict[
         "train_rows": len(trainer.train_dataset),
         "eval_rows": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
     }
+
+
+def final_eval_log(state: Any) -> dict[str, Any] | None:
+    """The evaluation logged at the final step (epoch-end or eval_steps), if any: no need to pay twice."""
+    return next(
+        (h for h in reversed(state.log_history) if "eval_loss" in h and h.get("step") == state.global_step), None
+    )
+
+
+def train_timing(result: Any, state: Any, history_start: int) -> tuple[float, float]:
+    """(train_runtime, seconds spent training): evaluations inside train() are not training,
+    so throughput leaves them out."""
+    runtime = float(result.metrics.get("train_runtime") or 0.0)
+    eval_seconds = sum(h.get("eval_runtime", 0.0) for h in state.log_history[history_start:])
+    return runtime, max(runtime - eval_seconds, 0.0)
 
 
 def _eval_loss(trainer: SFTTrainer) -> float | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.utils.factories import training_request
+from tests.utils.factories import place_samples, training_request
 from tests.utils.server import REPO, Server, wait_for
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -29,13 +28,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
     """A DPO and a HuggingFace service sharing one database and one object store (as a deployment does)."""
     tmp = tmp_path_factory.mktemp("dpo")
     root = tmp / "objects"
-    uris = {}
-    for kind in ("sft", "dpo"):
-        for split in ("train", "validation"):
-            dest = root / "datasets" / kind / f"{split}.jsonl"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(REPO / "examples" / kind / f"{split}.jsonl", dest)
-            uris[f"{kind}_{split}"] = dest.as_uri()
+    uris = place_samples(root)
     env = {
         "TRAINYARD_DATABASE_URL": f"sqlite:///{tmp / 'trainyard.db'}",
         "TRAINYARD_STORAGE_ROOT": str(root),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from services.unsloth.backend import UNSLOTH_VENV
-from tests.utils.factories import training_request
+from tests.utils.factories import place_samples, training_request
 from tests.utils.server import REPO, Server, wait_for
 
 APP = "services.unsloth.app:app"
@@ -32,13 +31,7 @@ needs_unsloth_env = pytest.mark.skipif(
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     tmp = tmp_path_factory.mktemp("unsloth")
     root = tmp / "objects"
-    uris = {}
-    for kind in ("sft", "dpo"):
-        for split in ("train", "validation"):
-            dest = root / "datasets" / kind / f"{split}.jsonl"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(REPO / "examples" / kind / f"{split}.jsonl", dest)
-            uris[f"{kind}_{split}"] = dest.as_uri()
+    uris = place_samples(root)
     env = {
         "TRAINYARD_DATABASE_URL": f"sqlite:///{tmp / 'trainyard.db'}",
         "TRAINYARD_STORAGE_ROOT": str(root),

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
+from pathlib import Path
 from typing import Any
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def random_job_id(prefix: str = "t") -> str:
@@ -24,3 +28,16 @@ def training_request(model: str, train_uri: str, *, validation_uri: str | None =
             "max_sequence_length": 128, **tuning,
         },
     }
+
+
+def place_samples(root: Path) -> dict[str, str]:
+    """The shipped SFT/DPO samples copied under a file:// root, as a user would upload them;
+    returns their URIs keyed '<kind>_<split>'."""
+    uris = {}
+    for kind in ("sft", "dpo"):
+        for split in ("train", "validation"):
+            dest = root / "datasets" / kind / f"{split}.jsonl"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(EXAMPLES / kind / f"{split}.jsonl", dest)
+            uris[f"{kind}_{split}"] = dest.as_uri()
+    return uris
