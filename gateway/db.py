@@ -143,7 +143,7 @@ models = Table(
     metadata,
     Column("id", String(64), primary_key=True),
     Column("workspace_id", String(64), nullable=False),
-    Column("finetune_id", String(40), nullable=False, unique=True),
+    Column("finetune_id", String(40), nullable=False, index=True),  # the id is derived from it: one row each
     Column("job_id", String(64), nullable=False),  # the job whose output this is (a re-run replaces it)
     Column("name", String(255), nullable=False),
     Column("base_model", Text, nullable=False),
@@ -390,8 +390,8 @@ def list_events(conn: Connection, finetune_id: str, *, after_id: int, limit: int
 def insert_model_once(conn: Connection, row: dict[str, Any]) -> bool:
     """Insert a model row unless its id exists (another replica, or an earlier tick, won): True if inserted."""
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    res = conn.execute(dialect_insert(models).values(**row).on_conflict_do_nothing(index_elements=["id"]))
-    return res.rowcount == 1
+    q = dialect_insert(models).values(**row).on_conflict_do_nothing(index_elements=["id"]).returning(models.c.id)
+    return conn.execute(q).first() is not None  # rowcount is -1 here on psycopg
 
 
 def replace_model(conn: Connection, model_id: str, old_job_id: str, row: dict[str, Any]) -> bool:

@@ -174,7 +174,8 @@ def test_a_finetune_registers_a_model_the_openai_client_lists_retrieves_and_dele
         with client(gw, key_a) as c:
             assert ok(c.get(f"/v1/finetune/{finetune_id}"))["status"] == "completed"
             events = [e["message"] for e in ok(c.get(f"/v1/finetune/{finetune_id}/events"))]
-            assert f"model {model_id} registered" in events and any(m.startswith(f"model {model_id} deleted") for m in events)
+            assert f"model {model_id} registered" in events and any(m.startswith(f"model {model_id} deleted") for m in events), "\n".join(events)
+            assert any(m.startswith(f"model {model_id} deleted") for m in events)
         # a deleted model stays deleted across restarts (never registered again)
         gw.stop()
         gw = Server(GATEWAY, env, log_path=tmp_path / "gw.log").start()
