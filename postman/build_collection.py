@@ -218,6 +218,33 @@ def gateway_flow(label: str, base: str, prefix: str, auth: dict[str, str], v: st
     return items
 
 
+def model_items(base: str, auth: dict[str, str]) -> list[dict[str, Any]]:
+    """The registry's OpenAI-shaped routes. The finetune of the flow was cancelled, so it has no model."""
+    models = f"{base}/v1/models"
+    return [
+        request("List models without credentials", "GET", models, tests=error(401)),
+        request("List models", "GET", models, headers=auth, tests=js(
+            "const body = pm.response.json();",
+            check("200, OpenAI's list shape", "pm.response.to.have.status(200); pm.expect(body.object).to.eql('list')"),
+            check("model objects", "body.data.forEach(m => pm.expect(m).to.include.keys('id', 'object', 'created', 'owned_by', 'kind'))"),
+            check("base models of the catalog", "pm.expect(body.data.filter(m => m.kind === 'base')).to.not.be.empty"),
+            check("no model of a cancelled finetune",
+                  "pm.expect(body.data.map(m => m.id)).to.not.include('ft:' + pm.collectionVariables.get('finetune_id'))"),
+            save("base_model_id", "body.data.find(m => m.kind === 'base').id"),
+        )),
+        request("Get a base model", "GET", f"{models}/{{{{base_model_id}}}}", headers=auth, tests=js(
+            "const model = pm.response.json();",
+            check("200", "pm.response.to.have.status(200)"),
+            check("same id", "pm.expect(model.id).to.eql(pm.collectionVariables.get('base_model_id'))"),
+            check("a base model", "pm.expect(model.object).to.eql('model'); pm.expect(model.kind).to.eql('base')"),
+        ), description="Base model ids are hub ids; their slash may be sent as is or as %2F."),
+        request("Get the cancelled finetune's model", "GET", f"{models}/ft:{{{{finetune_id}}}}", headers=auth,
+                tests=error(404), description="A completed finetune's model is ft:<finetune id> (its fine_tuned_model)."),
+        request("Delete a base model", "DELETE", f"{models}/{{{{base_model_id}}}}", headers=auth, tests=error(403)),
+        request("Delete an unknown model", "DELETE", f"{models}/ft:does-not-exist", headers=auth, tests=error(404)),
+    ]
+
+
 # --------------------------------------------------------------------------- trainer services
 
 
@@ -308,6 +335,9 @@ def build() -> tuple[dict[str, Any], dict[str, Any]]:
         folder("Gateway: datasets and finetunes", "The contract flow with an API key: dataset, upload, attach, "
                "finetune, validation, start, progress, cancel.",
                gateway_flow("public", "{{gateway_url}}", "/v1", user, "")),
+        folder("Gateway: models", "OpenAI's models API over the registry: the catalog's base models and the "
+               "workspace's fine-tuned models (ft:<finetune id>); any OpenAI client works with base_url "
+               "{{gateway_url}}/v1.", model_items("{{gateway_url}}", user)),
         folder("Dataservice (internal)", "The same operations for the control plane: TRAINYARD_INTERNAL_TOKEN as a "
                "bearer token, the workspace in x-workspace-id. Cluster-internal in a deployment.", [
             request("Internal call without the token", "GET", "{{dataservice_url}}/v1/dataservice/datasets",
