@@ -776,9 +776,9 @@ class ModelMetrics(BaseModel):
     """The job's final metrics (its metrics.json), plus perplexity."""
 
     model_config = ConfigDict(extra="allow")
-    train_loss: float | None = Field(None, description="Mean training loss over the run.")
-    eval_loss: float | None = Field(None, description="Held-out loss after training.")
-    perplexity: float | None = Field(None, description="exp(eval_loss).")
+    train_loss: float | None = Field(default=None, description="Mean training loss over the run.")
+    eval_loss: float | None = Field(default=None, description="Held-out loss after training.")
+    perplexity: float | None = Field(default=None, description="exp(eval_loss).")
 
     @classmethod
     def from_job(cls, metrics: dict[str, Any]) -> ModelMetrics:
@@ -796,17 +796,17 @@ class ModelPublic(BaseModel):
     owned_by: str = Field(description="The workspace; for a base model, the organisation part of its id.")
     kind: ModelKind
     name: str
-    base_model: str | None = Field(None, description="What the model was fine-tuned from.")
+    base_model: str | None = Field(default=None, description="What the model was fine-tuned from.")
     description: str | None = None
-    available: bool = Field(True, description="Base models: whether its weights can be loaded here.")
-    provider: str | None = Field(None, description="Trainer backend that produced it.")
+    available: bool = Field(default=True, description="Base models: whether its weights can be loaded here.")
+    provider: str | None = Field(default=None, description="Trainer backend that produced it.")
     method: Method | None = None
     training_type: TrainingType | None = None
-    training_params: dict[str, Any] | None = Field(None, description="The finetune's hyperparameters as sent.")
+    training_params: dict[str, Any] | None = Field(default=None, description="The finetune's hyperparameters as sent.")
     metrics: ModelMetrics | None = None
-    size_bytes: int | None = Field(None, description="Bytes of its artifacts in storage.")
-    adapter_uri: str | None = Field(None, description="The PEFT adapter (with tokenizer and metrics.json).")
-    merged_uri: str | None = Field(None, description="Full weights: exported, or the output of a full fine-tune.")
+    size_bytes: int | None = Field(default=None, description="Bytes of its artifacts in storage.")
+    adapter_uri: str | None = Field(default=None, description="The PEFT adapter (with tokenizer and metrics.json).")
+    merged_uri: str | None = Field(default=None, description="Full weights: exported, or the output of a full fine-tune.")
     finetune_id: str | None = None
     workspace_id: str | None = None
     created_at: datetime | None = None

@@ -1,6 +1,6 @@
 """/v1/models: OpenAI's models API over the registry (gateway.models), plus the registry's fields."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
@@ -9,7 +9,7 @@ from gateway import models
 from gateway.auth import Principal
 from gateway.deps import Auth, GatewayDep
 
-ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 502)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403, 404, 502)}
 
 
 def build_router(auth: Auth, tag: str = "models") -> APIRouter:
