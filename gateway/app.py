@@ -22,10 +22,11 @@ from common.errors import install_handlers
 from common.settings import Settings, get_settings
 from common.storage import ObjectStore
 from common.version import VERSION
-from gateway import auth, db
+from gateway import auth, db, models
 from gateway.context import Gateway
 from gateway.deps import PUBLIC
 from gateway.routes import dataservice, datasets, finetune, health, uploads
+from gateway.routes import models as models_routes
 from gateway.trainers import TrainerClient
 from gateway.workers import Refresher, ValidationWorker
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
         gw.wake_validation = validation.wake
         refresher = Refresher(gw, settings.refresh_interval_seconds)
         app.state.gateway = gw
+        models.register_missing(gw)  # finetunes that completed while no gateway ran
         validation.start()
         refresher.start()
         log.info("gateway ready (%s)", "public" if public else "internal")
@@ -80,6 +82,7 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
     if public:
         app.include_router(datasets.build_router(PUBLIC), prefix="/v1")
         app.include_router(finetune.build_router(PUBLIC), prefix="/v1")
+        app.include_router(models_routes.build_router(PUBLIC), prefix="/v1")
         app.include_router(uploads.router)
     if not public or settings.gateway_serve_internal:
         app.include_router(dataservice.router)

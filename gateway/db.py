@@ -1,5 +1,5 @@
-"""The gateway's tables and repository functions: API keys (hashed), datasets, finetunes and
-finetune events.
+"""The gateway's tables and repository functions: API keys (hashed), datasets, finetunes,
+finetune events and the models registry.
 
 Own ``MetaData`` so the gateway never creates the trainer services' tables and vice versa; the
 names do not clash, so both may share one database (the laptop default). Every query runs on
@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Engine,
@@ -31,6 +32,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping
 
 from common.db import aware, jsonable, move_status, utcnow
@@ -132,6 +135,30 @@ finetune_events = Table(
     Column("message", Text, nullable=False),
     Column("data", JSON, nullable=False),
 )
+
+# One row per finetune that completed (id ``ft:<finetune id>``); a deleted model keeps its row
+# (deleted_at set) so the refresher never registers it again.
+models = Table(
+    "models",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("finetune_id", String(40), nullable=False, unique=True),
+    Column("job_id", String(64), nullable=False),  # the job whose output this is (a re-run replaces it)
+    Column("name", String(255), nullable=False),
+    Column("base_model", Text, nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("training_type", String(8), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("training_params", JSON, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("adapter_uri", Text),
+    Column("merged_uri", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("deleted_at", DateTime(timezone=True)),
+)
+Index("ix_models_workspace_created", models.c.workspace_id, models.c.created_at)
 
 
 def init_db(engine: Engine) -> None:
@@ -355,3 +382,56 @@ def list_events(conn: Connection, finetune_id: str, *, after_id: int, limit: int
         )
         for r in rows
     ]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def insert_model_once(conn: Connection, row: dict[str, Any]) -> bool:
+    """Insert a model row unless its id exists (another replica, or an earlier tick, won): True if inserted."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    res = conn.execute(dialect_insert(models).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+    return res.rowcount == 1
+
+
+def replace_model(conn: Connection, model_id: str, old_job_id: str, row: dict[str, Any]) -> bool:
+    """Point a model at a newer job's output (its finetune was reset and ran again); conditional on the old job."""
+    res = conn.execute(update(models).where(models.c.id == model_id, models.c.job_id == old_job_id).values(**row))
+    return res.rowcount == 1
+
+
+def get_model(conn: Connection, model_id: str, workspace_id: str | None, *, deleted: bool = False) -> RowMapping | None:
+    """The model row in ``workspace_id`` (None: any), or None; deleted ones only when ``deleted``."""
+    q = select(models).where(models.c.id == model_id)
+    if workspace_id is not None:
+        q = q.where(models.c.workspace_id == workspace_id)
+    if not deleted:
+        q = q.where(models.c.deleted_at.is_(None))
+    return conn.execute(q).mappings().first()
+
+
+def list_models(conn: Connection, workspace_id: str) -> list[RowMapping]:
+    q = select(models).where(models.c.workspace_id == workspace_id, models.c.deleted_at.is_(None))
+    return list(conn.execute(q.order_by(models.c.created_at.desc(), models.c.id)).mappings())
+
+
+def update_model(conn: Connection, model_id: str, *where: Any, **values: Any) -> bool:
+    res = conn.execute(update(models).where(models.c.id == model_id, models.c.deleted_at.is_(None), *where).values(**values))
+    return res.rowcount == 1
+
+
+def unregistered_finetunes(conn: Connection, workspace_id: str | None = None) -> list[str]:
+    """Completed finetunes whose latest job has no model row yet (oldest first)."""
+    q = (
+        select(finetunes.c.id)
+        .select_from(finetunes.outerjoin(models, models.c.finetune_id == finetunes.c.id))
+        .where(
+            finetunes.c.status == FinetuneStatus.completed.value,
+            finetunes.c.output_uri.is_not(None),
+            or_(models.c.id.is_(None), models.c.job_id != finetunes.c.job_id),
+        )
+        .order_by(finetunes.c.finished_at, finetunes.c.id)
+    )
+    if workspace_id is not None:
+        q = q.where(finetunes.c.workspace_id == workspace_id)
+    return list(conn.execute(q).scalars())

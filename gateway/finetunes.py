@@ -41,7 +41,7 @@ from common.schemas import (
     TrainingRequest,
     service_for,
 )
-from gateway import datasets, db
+from gateway import datasets, db, models
 from gateway.auth import Principal
 from gateway.context import Gateway
 from gateway.trainers import ServiceNoAnswer
@@ -67,6 +67,7 @@ def public(row: RowMapping) -> FinetunePublic:
         output_uri=row["output_uri"], log_uri=row["log_uri"],
         created_at=db.aware(row["created_at"]), updated_at=db.aware(row["updated_at"]),
         started_at=db.aware(row["started_at"]), finished_at=db.aware(row["finished_at"]),
+        fine_tuned_model=models.model_id(row["id"]) if row["status"] == FS.completed.value else None,
     )
 
 
@@ -429,3 +430,8 @@ def refresh(gw: Gateway, finetune_id: str, *, timeout: float | None = None) -> N
         return
     with tx(gw.engine) as conn:
         _mirror(conn, finetune_id, job)
+    if job.get("status") == FS.completed.value:
+        try:
+            models.register(gw, finetune_id)
+        except TrainyardError as e:  # the refresher's next tick registers it
+            log.warning("finetune %s: model not registered yet: %s", finetune_id, e.detail)

@@ -37,7 +37,7 @@ from common.schemas import (
     ValidationReport,
 )
 from common.validation import Limits, Stopped, load_tokenizer, validate_uri
-from gateway import datasets, db, finetunes
+from gateway import datasets, db, finetunes, models
 from gateway.context import Gateway
 
 log = logging.getLogger("trainyard.gateway.workers")
@@ -244,5 +244,6 @@ class Refresher:
                 except TrainyardError as e:
                     log.debug("finetune %s not refreshed: %s", finetune_id, e.error)
             finetunes.settle_start_claims(self.gw, self.claim_grace)
+            models.register_missing(self.gw)
         except Exception:  # keep mirroring after a database hiccup
             log.exception("finetune refresh failed")
