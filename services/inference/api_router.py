@@ -6,7 +6,7 @@ on every other Trainyard route. The playground and /export keep the project's er
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
@@ -59,7 +59,7 @@ def _ref(model: str, ref: tuple[str | None, str | None]) -> ModelRef:
 health_router = APIRouter(tags=["meta"])
 router = APIRouter()
 openai = APIRouter(route_class=OpenAIRoute, responses=OPENAI_ERRORS, tags=["openai"])
-ERRORS = {code: {"model": ErrorBody} for code in (404, 409, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 409, 422, 503)}
 
 
 @health_router.get("/health", response_model=Health)

@@ -8,6 +8,7 @@ to the asyncio queue of its request, so /health answers while a generation runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import threading
@@ -110,10 +111,8 @@ class EngineClient:
         finally:
             self._pending.pop(rid, None)
             if not finished and self._conn is not None:
-                try:
+                with contextlib.suppress(ServiceUnavailable):
                     self._send(("cancel", rid))
-                except ServiceUnavailable:
-                    pass
 
     async def call(self, kind: str, caller: str, payload: Any) -> Any:
         """A request with one answer (export, loaded)."""
@@ -126,10 +125,8 @@ class EngineClient:
         with self._lock:
             conn, proc, self._conn = self._conn, self._proc, None
         if conn is not None:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 conn.send(worker.SHUTDOWN)
-            except (OSError, ValueError):
-                pass
         if proc is not None:
             proc.join(timeout)
             if proc.is_alive():

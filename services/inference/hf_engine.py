@@ -82,7 +82,8 @@ class _Until(StoppingCriteria):
         self.stop = stop
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.stop(), dtype=torch.bool, device=input_ids.device)
+        done: torch.BoolTensor = torch.full((input_ids.shape[0],), self.stop(), dtype=torch.bool, device=input_ids.device)  # type: ignore[assignment]
+        return done
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -106,11 +107,9 @@ class TransformersEngine:
 
     def _location(self, ref: str) -> tuple[str, str | None]:
         """What ``from_pretrained`` gets for a base ref: a catalog entry's files, a downloaded URI, or the ref."""
-        try:
-            from common import catalog
-        except ImportError:  # TEMP until the catalog lands
-            catalog = None
-        entry = catalog.resolve(ref, self.settings) if catalog else None
+        from common import catalog
+
+        entry = catalog.resolve(ref, self.settings)
         if entry is not None:
             return entry.path, entry.gguf_file
         if ref.startswith(("file://", "s3://")):
@@ -143,7 +142,7 @@ class TransformersEngine:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **extra)
         except (OSError, ValueError) as e:
             raise NotFound(f"base model '{ref}' cannot be loaded here: {_first_line(e)}") from e
-        return model.to(self.device).eval(), tokenizer
+        return model.to(self.device).eval(), tokenizer  # type: ignore[arg-type]
 
     def _base(self, ref: str) -> _Loaded:
         if ref in self.bases:
@@ -267,10 +266,8 @@ class TransformersEngine:
         if len(text) > emitted:
             yield Text(text[emitted:])
         eos = _eos_ids(base)
-        if stop_hit.is_set() or (tokens and tokens[-1] in eos) or len(tokens) < max_new:
-            reason = "stop"
-        else:
-            reason = "length"
+        ended = stop_hit.is_set() or bool(tokens and tokens[-1] in eos) or len(tokens) < max_new
+        reason = "stop" if ended else "length"
         yield Finished(reason, len(tokens), time.monotonic() - started)
 
     # ------------------------------------------------------------------ export

@@ -8,7 +8,6 @@ after the first chunk (rare: the worker died) is sent as one last ``data: {"erro
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -165,7 +164,7 @@ def _stream(chunks: AsyncIterator[bytes]) -> StreamingResponse:
             async for c in chunks:
                 yield c
         except TrainyardError as e:  # after the first chunk the status is sent; report in the stream
-            yield _sse(from_exception(e).body.decode())
+            yield _sse(bytes(from_exception(e).body).decode())
         yield _sse("[DONE]")
 
     return StreamingResponse(with_done(), media_type="text/event-stream", headers=SSE_HEADERS)
