@@ -17,8 +17,9 @@ APPS = {
     "huggingface": "services.huggingface.app:app",
     "unsloth": "services.unsloth.app:app",
     "dpo": "services.dpo.app:app",
+    "inference": "services.inference.app:app",
 }
-DEFAULT_PORTS = {"gateway": 8080, "gateway-internal": 8090, "huggingface": 8081, "unsloth": 8082, "dpo": 8083}
+DEFAULT_PORTS = {"gateway": 8080, "gateway-internal": 8090, "huggingface": 8081, "unsloth": 8082, "dpo": 8083, "inference": 8084}
 
 
 def main(argv: list[str] | None = None) -> None:

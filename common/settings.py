@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     service_url_unsloth: str = Field(default="http://127.0.0.1:8082", description="Unsloth trainer service.")
     service_url_dpo: str = Field(default="http://127.0.0.1:8083", description="DPO trainer service.")
     service_timeout_seconds: float = Field(default=10.0, gt=0, description="Deadline of each gateway -> service call.")
+    service_url_inference: str = Field(default="http://127.0.0.1:8084", description="Inference service.")
+    inference_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Deadline of a gateway -> inference call (a generation, or the wait between streamed chunks)."
+    )
+    inference_export_timeout_seconds: float = Field(default=3600.0, gt=0, description="Deadline of an export (merge + upload).")
     admin_api_key: SecretStr | None = Field(
         default=None, description="TRAINYARD_ADMIN_API_KEY: seeded (hashed) on start as a key with every scope."
     )
@@ -136,6 +141,15 @@ class Settings(BaseSettings):
     validation_max_errors: int = Field(default=50, gt=0, le=10_000, description="Errors listed per file (all are counted).")
     validation_workers: int = Field(default=1, ge=1, le=16, description="Concurrent dataset validations per gateway.")
     refresh_interval_seconds: float = Field(default=2.0, gt=0, description="How often active finetunes mirror their job.")
+
+    # ---------------------------------------------------------------- inference service (services/inference)
+    inference_engine: Literal["transformers"] = Field(default="transformers", description="Engine of the inference worker.")
+    inference_max_loaded_bases: int = Field(default=2, ge=1, description="Base models kept in memory (least recently used go).")
+    inference_max_adapters: int = Field(default=8, ge=1, description="LoRA adapters kept attached per loaded base.")
+    inference_default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a request sets none.")
+    inference_cache_dir: Path = Field(default=(VAR_DIR / "cache" / "inference").resolve(),
+                                      description="Local copies of adapters and exports in progress.")
+    inference_threads: int = Field(default=0, ge=0, description="Torch CPU threads of the worker; 0: torch's default.")
 
     def progress_base(self) -> str:
         return (self.public_url or f"http://127.0.0.1:{self.port}").rstrip("/")

@@ -25,7 +25,9 @@ from common.version import VERSION
 from gateway import auth, db, models
 from gateway.context import Gateway
 from gateway.deps import PUBLIC
+from gateway.inference import InferenceClient
 from gateway.routes import dataservice, datasets, finetune, health, uploads
+from gateway.routes import inference as inference_routes
 from gateway.routes import models as models_routes
 from gateway.trainers import TrainerClient
 from gateway.workers import Refresher, ValidationWorker
@@ -54,7 +56,8 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
             upload_secret = secrets.token_bytes(32)
         else:
             upload_secret = settings.upload_signing_secret.get_secret_value().encode()
-        gw = Gateway(settings, engine, ObjectStore(settings), TrainerClient(settings), upload_secret)
+        gw = Gateway(settings, engine, ObjectStore(settings), TrainerClient(settings), upload_secret,
+                     inference=InferenceClient(settings))
         validation = ValidationWorker(gw, settings.validation_workers)
         gw.wake_validation = validation.wake
         refresher = Refresher(gw, settings.refresh_interval_seconds)
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
             refresher.stop()
             validation.stop()
             gw.trainers.close()
+            await gw.inference.aclose()
             engine.dispose()
 
     app = FastAPI(
@@ -83,6 +87,8 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
         app.include_router(datasets.build_router(PUBLIC), prefix="/v1")
         app.include_router(finetune.build_router(PUBLIC), prefix="/v1")
         app.include_router(models_routes.build_router(PUBLIC), prefix="/v1")
+        app.include_router(inference_routes.openai, prefix="/v1")
+        app.include_router(inference_routes.router, prefix="/v1")
         app.include_router(uploads.router)
     if not public or settings.gateway_serve_internal:
         app.include_router(dataservice.router)

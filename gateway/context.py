@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 
 from common.settings import Settings
 from common.storage import ObjectStore
+from gateway.inference import InferenceClient
 from gateway.trainers import TrainerClient
 
 
@@ -19,6 +20,7 @@ class Gateway:
     store: ObjectStore
     trainers: TrainerClient
     upload_secret: bytes
+    inference: InferenceClient
     wake_validation: Callable[[], None] = field(default=lambda: None)
 
     @property

@@ -1,6 +1,6 @@
 """The local stack behind ``make up`` / ``make down``: the gateway on :8080 and every trainer service
-whose app module imports on :8081-8083, as background processes with pid files in var/run and logs
-in var/logs.
+(and the inference service) whose app module imports on :8081-8084, as background processes with pid
+files in var/run and logs in var/logs.
 
     python -m gateway.localstack up | down | status
 
@@ -29,7 +29,7 @@ from common.cli import DEFAULT_PORTS
 REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = REPO / "var" / "run"
 LOG_DIR = REPO / "var" / "logs"
-COMPONENTS = ("huggingface", "unsloth", "dpo", "gateway")
+COMPONENTS = ("huggingface", "unsloth", "dpo", "inference", "gateway")
 SECRETS = {"admin-key": "TRAINYARD_ADMIN_API_KEY", "upload-secret": "TRAINYARD_UPLOAD_SIGNING_SECRET"}
 HEALTH_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0

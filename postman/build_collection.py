@@ -332,6 +332,21 @@ def build() -> tuple[dict[str, Any], dict[str, Any]]:
                     tests=ok(check("huggingface reachable",
                                    "pm.expect(data.find(s => s.name === 'huggingface').reachable).to.eql(true)"))),
         ]),
+        folder("Gateway: inference", "OpenAI-compatible chat/completions, the playground and export (docs/inference.md). "
+               "These requests check the answers that need no model loaded: an unknown model and a bad parameter.", [
+            request("Chat: unknown model is 404", "POST", "{{gateway_url}}/v1/chat/completions", headers=user,
+                    body={"model": "ft:no-such-model", "messages": [{"role": "user", "content": "hi"}]},
+                    tests=js(check("404 in OpenAI's shape", "pm.response.to.have.status(404); "
+                                   "pm.expect(pm.response.json().error.type).to.eql('not_found_error')"))),
+            request("Completions: n=2 is 422", "POST", "{{gateway_url}}/v1/completions", headers=user,
+                    body={"model": "ft:no-such-model", "prompt": "hi", "n": 2},
+                    tests=js(check("422 naming the parameter", "pm.response.to.have.status(422); "
+                                   "pm.expect(pm.response.json().error.param).to.eql('n')"))),
+            request("Playground: unknown model is 404", "POST", "{{gateway_url}}/v1/playground/generate", headers=user,
+                    body={"model_id": "ft:no-such-model", "prompt": "hi", "max_new_tokens": 8}, tests=error(404)),
+            request("Export: unknown model is 404", "POST", "{{gateway_url}}/v1/models/ft:no-such-model/export",
+                    headers=user, tests=error(404)),
+        ]),
         folder("Gateway: datasets and finetunes", "The contract flow with an API key: dataset, upload, attach, "
                "finetune, validation, start, progress, cancel.",
                gateway_flow("public", "{{gateway_url}}", "/v1", user, "")),

@@ -198,7 +198,8 @@ def test_api_image_serves_the_gateway_by_default() -> None:
     assert served(cmd) == ("gateway", DEFAULT_PORTS["gateway"])
     assert f"TRAINYARD_PORT={DEFAULT_PORTS['gateway']}" in " ".join(a for kw, a in instrs if kw == "ENV")
     exposed = {int(p) for kw, a in instrs if kw == "EXPOSE" for p in a.split()}
-    assert exposed == set(DEFAULT_PORTS.values())
+    # the inference service runs the model, so it runs from the training image (torch), not this one
+    assert exposed == set(DEFAULT_PORTS.values()) - {DEFAULT_PORTS["inference"]}
     [health] = [a for kw, a in instrs if kw == "HEALTHCHECK"]
     assert "TRAINYARD_PORT" in health, "the health check must follow the port the command serves on"
 
@@ -211,7 +212,10 @@ def test_k8s_deployments_serve_their_component_from_the_api_image() -> None:
         for doc in yaml.safe_load_all(f.read_text()):
             if doc and doc.get("kind") == "Deployment":
                 k8s[doc["metadata"]["name"]] = doc
-    assert set(k8s) == set(API_DEPLOYMENTS)
+    assert set(k8s) == set(API_DEPLOYMENTS) | {"trainyard-inference"}
+    [inference] = k8s["trainyard-inference"]["spec"]["template"]["spec"]["containers"]
+    assert inference["image"].partition(":")[0] == "ghcr.io/trainyard/train"
+    assert served(inference["command"]) == ("inference", DEFAULT_PORTS["inference"])
     for deployment, component in API_DEPLOYMENTS.items():
         pod = k8s[deployment]["spec"]["template"]["spec"]
         [ctr] = pod["containers"]

@@ -27,7 +27,7 @@ from common.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 VERSIONS = ("1.30", "1.37")
-OVERLAYS = ["base", "overlays/production", "overlays/kind"]
+OVERLAYS = ["base", "overlays/production", "overlays/kind", "overlays/gpu"]
 NAMESPACED = {"Deployment", "Service", "ConfigMap", "Secret", "ServiceAccount", "Role", "RoleBinding",
               "NetworkPolicy", "PodDisruptionBudget", "Job"}
 SETTINGS_ENV = {f"TRAINYARD_{name.upper()}" for name in Settings.model_fields}
@@ -46,11 +46,24 @@ def load(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
+def _named(items: Any) -> bool:
+    return isinstance(items, list) and all(isinstance(i, dict) and "name" in i for i in items)
+
+
 def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """JSON merge patch semantics (maps merge, everything else replaces): all our patches need."""
+    """Strategic merge as kustomize does it for our patches: maps merge, lists of named items (containers)
+    merge item by item on `name`, everything else replaces."""
     out = copy.deepcopy(base)
     for k, v in patch.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        elif _named(v) and _named(out.get(k)):
+            items = {i["name"]: i for i in out[k]}
+            for item in v:
+                items[item["name"]] = merge(items.get(item["name"], {}), item)
+            out[k] = list(items.values())
+        else:
+            out[k] = copy.deepcopy(v)
     return out
 
 
@@ -173,7 +186,7 @@ def test_deployments_are_replicated_probed_and_non_root(rendered: dict[str, list
     services = by_kind(objs, "Service")
     deployments = by_kind(objs, "Deployment")
     assert set(deployments) == {"trainyard-gateway", "trainyard-gateway-internal", "trainyard-huggingface",
-                                "trainyard-unsloth", "trainyard-dpo"}
+                                "trainyard-unsloth", "trainyard-dpo", "trainyard-inference"}
     pdbs = {p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for p in by_kind(objs, "PodDisruptionBudget").values()}
     for name, dep in deployments.items():
         assert dep["spec"]["replicas"] >= 2, name
@@ -330,3 +343,19 @@ def test_e2e_kind_target_is_documented_and_its_script_parses() -> None:
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
     assert "kubectl apply -k k8s/overlays/kind" in text and "e2e-cancel" in text
+
+
+def test_inference_runs_on_cpu_by_default_and_on_a_gpu_in_the_gpu_overlay(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert "TRAINYARD_SERVICE_URL_INFERENCE" in by_kind(rendered["base"], "ConfigMap")["trainyard-config"]["data"]
+    base = by_kind(rendered["base"], "Deployment")["trainyard-inference"]["spec"]["template"]["spec"]
+    [ctr] = base["containers"]
+    assert ctr["command"][:3] == ["trainyard", "serve", "inference"]
+    assert "nvidia.com/gpu" not in ctr["resources"]["requests"] and "tolerations" not in base
+    gpu = by_kind(rendered["overlays/gpu"], "Deployment")["trainyard-inference"]["spec"]["template"]["spec"]
+    [gctr] = gpu["containers"]
+    assert gctr["resources"]["limits"]["nvidia.com/gpu"] == "1" and gctr["image"] == ctr["image"]
+    assert gctr["readinessProbe"] == ctr["readinessProbe"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["tolerations"]
+    policies = by_kind(rendered["base"], "NetworkPolicy")
+    [rule] = policies["trainyard-inference"]["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}}}]

@@ -1,0 +1,151 @@
+"""What serving adds to generation: tokens/s and time to first token of streamed chat completions
+through the gateway (API key, model resolution, proxy) and the inference service (API process, worker
+process, adapter-capable engine) against a plain ``model.generate`` loop in this process, on the same
+model, prompts and greedy settings, in one run. Target: >= 0.9x the plain loop's tokens/s.
+
+    .venv/bin/python bench/inference_overhead.py [--model trainyard/tiny-llama] [--max-tokens 64] [--rounds 3]
+    .venv/bin/python bench/inference_overhead.py --model HuggingFaceTB/SmolLM2-135M-Instruct
+
+Starts the inference service and the gateway as uvicorn subprocesses on free ports (SQLite, temp dirs)
+and streams with the official ``openai`` SDK. Both sides run one request at a time, alternating, each
+warmed up first (the first request loads the model). Tokens are what each side generated (``usage``
+for the served side), so an answer that ends early counts as fewer tokens, not as a faster one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.utils.server import Server  # noqa: E402  (the test suite's real-subprocess server)
+
+KEY = "ty_bench_admin_key_0123456789abcdef"
+PROMPTS = [
+    "Write a short story about a cat who learns to sail.",
+    "Explain how a bicycle works to a child.",
+    "List some things to pack for a week of hiking in the mountains.",
+    "Describe the city you would most like to visit and why.",
+]
+
+
+def local_runner(model_id: str, max_tokens: int):  # type: ignore[no-untyped-def]
+    """A plain transformers loop on the same weights: returns run(prompt) -> (ttft_s, total_s, tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    from common.catalog import resolve
+    from common.settings import get_settings
+
+    entry = resolve(model_id, get_settings())
+    path, extra = (entry.path, {"gguf_file": entry.gguf_file} if entry and entry.gguf_file else {}) if entry else (model_id, {})
+    tok = AutoTokenizer.from_pretrained(path, **extra)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra).eval()
+
+    class FirstToken(BaseStreamer):
+        def __init__(self) -> None:
+            self.calls, self.first = 0, 0.0
+
+        def put(self, value: torch.Tensor) -> None:
+            self.calls += 1
+            if self.calls == 2:  # the first call carries the prompt
+                self.first = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    def run(prompt: str) -> tuple[float, float, int]:
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+        streamer = FirstToken()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id or tok.eos_token_id, streamer=streamer)
+        total = time.perf_counter() - start
+        return streamer.first - start, total, int(out.shape[1] - ids.shape[1])
+
+    return run
+
+
+def served_runner(gateway_url: str, model_id: str, max_tokens: int):  # type: ignore[no-untyped-def]
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=KEY, max_retries=0, timeout=600)
+
+    def run(prompt: str) -> tuple[float, float, int]:
+        start = time.perf_counter()
+        first, tokens = 0.0, 0
+        stream = sdk.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
+            stream=True, stream_options={"include_usage": True},
+        )
+        for chunk in stream:
+            if not first and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter()
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        return first - start, time.perf_counter() - start, tokens
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="trainyard/tiny-llama", help="a catalog id (default: the tiny model)")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the prompts")
+    args = parser.parse_args()
+
+    if args.model == "trainyard/tiny-llama":
+        from common.train.tiny_model import build_tiny_model
+
+        build_tiny_model(REPO / "var" / "models" / "tiny-llama")
+    with tempfile.TemporaryDirectory(prefix="trainyard-bench-") as tmp:
+        root = Path(tmp)
+        env = {
+            "TRAINYARD_DATABASE_URL": f"sqlite:///{root / 'trainyard.db'}",
+            "TRAINYARD_STORAGE_ROOT": str(root),
+            "TRAINYARD_ADMIN_API_KEY": KEY,
+            "TRAINYARD_INFERENCE_CACHE_DIR": str(root / "cache"),
+        }
+        inf = Server("services.inference.app:app", env, log_path=root / "inference.log").start()
+        gw = Server("gateway.app:app", {**env, "TRAINYARD_SERVICE_URL_INFERENCE": inf.url}, log_path=root / "gateway.log")
+        try:
+            gw.start()
+            served = served_runner(gw.url, args.model, args.max_tokens)
+            local = local_runner(args.model, args.max_tokens)
+            served(PROMPTS[0])  # loads the model in the worker
+            local(PROMPTS[0])
+            results: dict[str, list[tuple[float, float, int]]] = {"plain generate": [], "through gateway": []}
+            for _ in range(args.rounds):
+                for prompt in PROMPTS:
+                    results["plain generate"].append(local(prompt))
+                    results["through gateway"].append(served(prompt))
+        finally:
+            gw.stop()
+            inf.stop()
+
+    summary = {}
+    print(f"model {args.model}, {len(PROMPTS)} prompts x {args.rounds} rounds, greedy, max_tokens {args.max_tokens}")
+    for name, runs in results.items():
+        tokens = sum(r[2] for r in runs)
+        seconds = sum(r[1] for r in runs)
+        ttft = statistics.median(r[0] for r in runs) * 1000
+        summary[name] = (tokens / seconds, ttft)
+        print(f"  {name:<16} {tokens:>5} tokens in {seconds:6.2f}s  {tokens / seconds:8.1f} tokens/s  "
+              f"time to first token p50 {ttft:7.1f} ms")
+    ratio = summary["through gateway"][0] / summary["plain generate"][0]
+    print(f"tokens/s ratio (gateway / plain): {ratio:.2f}x  (target >= 0.9x)")
+    print(f"time to first token added: {summary['through gateway'][1] - summary['plain generate'][1]:+.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Inference service: OpenAI-compatible chat and completions, the playground, and adapter export."""
