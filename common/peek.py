@@ -54,6 +54,8 @@ def first_row(store: ObjectStore, uri: str) -> tuple[int, Any] | None:
             return line_no, json.loads(raw.decode("utf-8").lstrip("\ufeff"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"line {line_no} is not valid JSON") from e
+        except RecursionError as e:
+            raise ValueError(f"line {line_no} is nested too deeply to read") from e
     return None
 
 
