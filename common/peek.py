@@ -116,9 +116,9 @@ def _read_json(store: ObjectStore, ref: str, name: str) -> dict[str, Any] | None
         except (StorageError, BadRequest):
             return None
     else:
-        base = Path(ref).expanduser()
-        if not (base.is_absolute() or ref.startswith(".") or base.is_dir()):
-            return None  # a hub id: the job resolves it
+        base = Path(ref)
+        if not base.is_absolute():
+            return None  # a hub id: the job resolves it on the hub, never on disk
         path = base / name
         try:
             data = path.read_bytes() if path.is_file() else None

@@ -485,8 +485,8 @@ def _load(tokenizer_cls: Any, model: str, store: ObjectStore | None, depth: int)
             if base:
                 return _load(tokenizer_cls, base, store, depth + 1)
         return None, f"token counts skipped: no tokenizer.json under '{model}'"
-    path = Path(model).expanduser()
-    if path.is_dir():
+    path = Path(model)
+    if path.is_absolute() and path.is_dir():
         if (path / "tokenizer.json").is_file():
             return tokenizer_cls.from_file(str(path / "tokenizer.json")), str(path)
         adapter = path / "adapter_config.json"

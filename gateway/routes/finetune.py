@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query
 
 from common.schemas import (
+    MAX_QUERY_INT,
     Envelope,
     ErrorBody,
     FinetuneCreate,

@@ -178,7 +178,7 @@ def test_runtime_failures_are_recorded_as_failed_jobs(service, tiny_model, stora
         job = wait_for(c, f"/jobs/{req['job_id']}", lambda j: j["status"] in ("failed", "completed"), timeout=120)
         assert job["status"] == "failed" and job["error"]["code"] == "invalid_input", job
         assert "line 2" in job["error"]["message"]
-        missing_model = training_request(str(storage_root / "no-such-model"), bad_rows.as_uri())
+        missing_model = training_request((storage_root / "no-such-model").as_uri(), bad_rows.as_uri())
         missing_model["job_id"] = random_job_id()
         assert c.post("/train", json=missing_model).status_code == 202
         job = wait_for(c, f"/jobs/{missing_model['job_id']}", lambda j: j["status"] in ("failed", "completed"),
