@@ -120,10 +120,13 @@ def install_handlers(app: Any) -> None:
         ]
         return reply(422, "validation_error", detail)
 
-    async def on_http(_: Any, exc: HTTPException) -> JSONResponse:
+    async def on_http(request: Any, exc: HTTPException) -> JSONResponse:
         names = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
-        return reply(exc.status_code, names.get(exc.status_code, "http_error"), exc.detail, getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # every method the path serves, not only the first route's
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return reply(exc.status_code, names.get(exc.status_code, "http_error"), exc.detail, headers or None)
 
     async def on_unknown(_: Any, exc: Exception) -> JSONResponse:
         log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
@@ -133,3 +136,14 @@ def install_handlers(app: Any) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(Exception, on_unknown)
+
+
+def _allowed_methods(request: Any) -> list[str]:
+    """The methods the request's path serves (for a 405's ``Allow``): each is tried against the routes."""
+    from starlette.routing import Match
+
+    routes = request.app.router.routes
+    return [
+        method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]

@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from common import db
-from common.errors import Conflict, NotFound, StorageError, Unauthorized, Unprocessable
+from common import db, modelrefs
+from common.errors import BadRequest, Conflict, NotFound, StorageError, Unauthorized, Unprocessable
+from common.outbound import OutboundPolicy, URLRefused
 from common.runners.base import JobRunner
 from common.schemas import (
     EventLevel,
@@ -36,13 +37,15 @@ log = logging.getLogger("trainyard.jobs")
 
 
 def submit(
-    engine: Engine, store: ObjectStore, runner: JobRunner, backend: BaseTrainerBackend, request: TrainingRequest
+    engine: Engine, store: ObjectStore, runner: JobRunner, backend: BaseTrainerBackend, request: TrainingRequest,
+    outbound: OutboundPolicy,
 ) -> JobPublic:
-    """Validate for the backend, persist the job and its spec, wake the runner.
+    """Check what the request names, validate for the backend, persist the job and its spec, wake the runner.
 
-    Raises: BackendUnavailable / Unprocessable (backend constraints), Conflict (duplicate id),
-    StorageError (spec could not be written: nothing is persisted then).
+    Raises: Unprocessable (a refused model, URI or URL; backend constraints), BackendUnavailable,
+    Conflict (duplicate id), StorageError (spec could not be written: nothing is persisted then).
     """
+    check_references(store, outbound, request)
     backend.validate(request, runner=runner.name, store=store)
     _check_datasets_exist(store, request)
     job_id = request.ensure_id()
@@ -80,6 +83,40 @@ def submit(
     return get(engine, job_id)
 
 
+def check_references(store: ObjectStore, outbound: OutboundPolicy, request: TrainingRequest) -> None:
+    """Everything the request names, checked before anything runs: the model (common.modelrefs),
+    storage URIs confined like every read and write (ObjectStore.check) and request URLs
+    (common.outbound). All problems in one 422, each naming its field.
+
+    Raises: Unprocessable."""
+    problems: list[str] = []
+    bm = request.base_model
+    for field, ref in (("base_model.model_name", bm.model_name), ("base_model.weights_url", bm.weights_url)):
+        if ref is not None:
+            try:
+                modelrefs.check_resolved(ref, store.settings, store, field=field)
+            except modelrefs.ModelRefused as e:
+                problems.append(str(e.detail))
+    uris = [(f"datasets[{i}].source", ds.source) for i, ds in enumerate(request.datasets)]
+    uris += [("artifacts.output_uri", request.artifacts.output_uri), ("artifacts.log_uri", request.artifacts.log_uri)]
+    for field, uri in uris:
+        if uri is not None:
+            try:
+                store.check(uri)
+            except BadRequest as e:
+                problems.append(f"{field}: {e.detail}")
+    urls = [("callbacks.webhook_url", request.callbacks.webhook_url),
+            ("artifacts.status_stream_url", request.artifacts.status_stream_url)]
+    for field, url in urls:
+        if url is not None:
+            try:
+                outbound.check(url, field=field)
+            except URLRefused as e:
+                problems.append(str(e.detail))
+    if problems:
+        raise Unprocessable(problems)
+
+
 def _check_datasets_exist(store: ObjectStore, request: TrainingRequest) -> None:
     """Refuse at once a dataset we can see is missing; one we may not read (its own
     credentials) is left for the job to fetch."""
@@ -105,7 +142,7 @@ def list_jobs(engine: Engine, backend: str, *, status: JobStatus | None, limit: 
     return JobsPublic(data=[db.job_public(r) for r in rows], count=count)
 
 
-def cancel(engine: Engine, runner: JobRunner, job_id: str) -> JobPublic:
+def cancel(engine: Engine, runner: JobRunner, job_id: str, outbound: OutboundPolicy) -> JobPublic:
     """Raises: NotFound; Conflict when the job already ended."""
     with db.tx(engine) as conn:
         row = db.get_job_row(conn, job_id)
@@ -118,7 +155,7 @@ def cancel(engine: Engine, runner: JobRunner, job_id: str) -> JobPublic:
     if not moved:  # it ended while we looked
         raise Conflict(f"job '{job_id}' already ended")
     runner.cancel(job_id)
-    notify_webhook(engine, job_id)
+    notify_webhook(engine, job_id, outbound)
     return get(engine, job_id)
 
 
@@ -164,8 +201,9 @@ def report(engine: Engine, job_id: str, token: str, rep: ProgressReport) -> None
         db.add_event(conn, job_id, type_, rep.message or rep.type, level=rep.level, data=data)
 
 
-def notify_webhook(engine: Engine, job_id: str) -> None:
-    """POST the job to callbacks.webhook_url in the background (bounded, never raises)."""
+def notify_webhook(engine: Engine, job_id: str, outbound: OutboundPolicy) -> None:
+    """POST the job to callbacks.webhook_url in the background (bounded, never raises); the URL
+    passes the outbound policy again at send time."""
     with db.tx(engine) as conn:
         row = db.get_job_row(conn, job_id)
     url = ((row["request"] or {}).get("callbacks") or {}).get("webhook_url")
@@ -179,7 +217,9 @@ def notify_webhook(engine: Engine, job_id: str) -> None:
 
     def send() -> None:
         try:
-            httpx.post(url, json=body, headers=headers, timeout=5.0)
+            outbound.post_json(url, field="callbacks.webhook_url", body=body, headers=headers)
+        except URLRefused as e:
+            log.warning("webhook for job %s not sent: %s", job_id, e.detail)
         except httpx.HTTPError as e:
             log.warning("webhook for job %s failed: %s", job_id, type(e).__name__)
 

@@ -54,6 +54,8 @@ def first_row(store: ObjectStore, uri: str) -> tuple[int, Any] | None:
             return line_no, json.loads(raw.decode("utf-8").lstrip("\ufeff"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"line {line_no} is not valid JSON") from e
+        except RecursionError as e:
+            raise ValueError(f"line {line_no} is nested too deeply to read") from e
     return None
 
 
@@ -114,9 +116,9 @@ def _read_json(store: ObjectStore, ref: str, name: str) -> dict[str, Any] | None
         except (StorageError, BadRequest):
             return None
     else:
-        base = Path(ref).expanduser()
-        if not (base.is_absolute() or ref.startswith(".") or base.is_dir()):
-            return None  # a hub id: the job resolves it
+        base = Path(ref)
+        if not base.is_absolute():
+            return None  # a hub id: the job resolves it on the hub, never on disk
         path = base / name
         try:
             data = path.read_bytes() if path.is_file() else None

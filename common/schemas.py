@@ -11,11 +11,51 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 JOB_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+# Size caps of request fields (docs/security.md lists them; the API spec shows each on its field).
+MAX_URI_CHARS = 2048
+MAX_MODEL_REF_CHARS = 1024
+MAX_NAME_CHARS = 255
+MAX_SECRET_CHARS = 8192
+MAX_LIST_ITEMS = 64
+MAX_MODULE_NAME_CHARS = 128
+MAX_LABELS = 32
+MAX_LABEL_KEY_CHARS = 63
+MAX_LABEL_VALUE_CHARS = 255
+MAX_DICT_ITEMS = 32
+MAX_REPORT_MESSAGE_CHARS = 4096
+MAX_REPORT_ITEMS = 64
+MAX_STEPS = 10_000_000
+MAX_SEED = 2**32 - 1
+MAX_QUERY_INT = 2**31 - 1  # offsets and event cursors: far past any real list, well inside a 64-bit column
+STORAGE_URI_PATTERN = r"^(file|s3)://"
+HTTP_URL_PATTERN = r"^https?://"
+
+StorageUri = Annotated[str, Field(min_length=1, max_length=MAX_URI_CHARS, pattern=STORAGE_URI_PATTERN)]
+HttpUrl = Annotated[str, Field(max_length=MAX_URI_CHARS, pattern=HTTP_URL_PATTERN)]
+ModuleName = Annotated[str, Field(min_length=1, max_length=MAX_MODULE_NAME_CHARS)]
+ModuleNames = Annotated[list[ModuleName], Field(max_length=MAX_LIST_ITEMS)]
+Secret = Annotated[SecretStr, Field(max_length=MAX_SECRET_CHARS)]
+Labels = Annotated[
+    dict[
+        Annotated[str, Field(min_length=1, max_length=MAX_LABEL_KEY_CHARS)],
+        Annotated[str, Field(max_length=MAX_LABEL_VALUE_CHARS)],
+    ],
+    Field(max_length=MAX_LABELS),
+]
+
+
+def no_dot_dot(v: str | None) -> str | None:
+    """Refuse ``..`` segments, also percent-encoded, so a URI never climbs out of its prefix."""
+    if v is not None and any(unquote(seg) == ".." for seg in v.split("/")):
+        raise ValueError("must not contain '..' segments (also not encoded as %2e%2e)")
+    return v
 
 
 class Strict(BaseModel):
@@ -38,14 +78,22 @@ class Precision(StrEnum):
 
 
 class BaseModelSpec(Strict):
-    provider: str = Field("huggingface", description="Where the weights come from (a hub id or a local/S3 path).")
-    model_name: str = Field(..., min_length=1, description="Hub id, local directory, file:// or s3:// URI.")
-    revision: str | None = Field("main", description="Hub revision (branch, tag or commit).")
-    auth_token: SecretStr | None = Field(None, description="Write-only token for private weights.")
-    huggingface_token: SecretStr | None = Field(None, description="Write-only Hugging Face token.")
-    weights_url: str | None = Field(
+    provider: str = Field(
+        "huggingface", max_length=64, description="Where the weights come from (a hub id or a local/S3 path)."
+    )
+    model_name: str = Field(
+        ..., min_length=1, max_length=MAX_MODEL_REF_CHARS,
+        description="Hub id (org/name), a directory under the configured model directories, or a storage URI "
+        "of an earlier job's output.",
+    )
+    revision: str | None = Field("main", max_length=MAX_NAME_CHARS, description="Hub revision (branch, tag or commit).")
+    auth_token: Secret | None = Field(None, description="Write-only token for private weights.")
+    huggingface_token: Secret | None = Field(None, description="Write-only Hugging Face token.")
+    weights_url: StorageUri | None = Field(
         None, description="file:// or s3:// prefix with weights; overrides model_name for loading."
     )
+
+    _no_dot_dot = field_validator("weights_url")(no_dot_dot)
 
 
 class QLoRASpec(Strict):
@@ -58,18 +106,20 @@ class QLoRASpec(Strict):
 
 class PeftSpec(Strict):
     use: bool = True
-    config: dict[str, Any] = Field(default_factory=lambda: {"task_type": "CAUSAL_LM"})
+    config: dict[Annotated[str, Field(max_length=MAX_NAME_CHARS)], Any] = Field(
+        default_factory=lambda: {"task_type": "CAUSAL_LM"}, max_length=MAX_DICT_ITEMS
+    )
 
 
 class Customization(Strict):
     method: Method = Field(Method.lora, description="lora | qlora | full")
     rank: int = Field(16, gt=0, le=1024, description="LoRA rank r.")
-    target_modules: list[str] | Literal["all-linear"] | None = Field(
+    target_modules: ModuleNames | Literal["all-linear"] | None = Field(
         None, description="Modules LoRA wraps; None picks the architecture's attention projections."
     )
     lora_alpha: int = Field(32, gt=0, le=4096)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    trainable_layers: list[str] | None = Field(
+    trainable_layers: ModuleNames | None = Field(
         None, description="With method=full: only parameters whose names contain one of these train."
     )
     precision: Precision = Field(Precision.bf16, description="Falls back to fp32 where bf16/fp16 can't run.")
@@ -79,43 +129,31 @@ class Customization(Strict):
 
 class Resources(Strict):
     gpus: int = Field(0, ge=0, le=64)
-    gpu_type: str | None = None
+    gpu_type: str | None = Field(None, max_length=MAX_NAME_CHARS, description="GPU model wanted (a node label value).")
     cpus: float = Field(1, gt=0, le=512)
     memory_gb: float = Field(4, gt=0, le=4096)
     max_duration_minutes: int = Field(720, gt=0, le=60 * 24 * 14)
 
 
 class DatasetSpec(Strict):
-    source: str = Field(..., min_length=1, description="file:// or s3:// URI of a JSONL file.")
+    source: StorageUri = Field(..., description="file:// or s3:// URI of a JSONL file.")
     format: Literal["jsonl"] = "jsonl"
     split: Literal["train", "validation"] = Field("train", description="Role of this file in training.")
-    auth: dict[str, SecretStr] | None = Field(None, description="Write-only credentials (e.g. role_arn).")
+    auth: Annotated[dict[Annotated[str, Field(max_length=MAX_NAME_CHARS)], Secret], Field(max_length=MAX_DICT_ITEMS)] | None = Field(
+        None, description="Write-only credentials (e.g. role_arn)."
+    )
 
-    @field_validator("source")
-    @classmethod
-    def _scheme(cls, v: str) -> str:
-        if not (v.startswith("file://") or v.startswith("s3://")):
-            raise ValueError("dataset source must be a file:// or s3:// URI")
-        if any(seg == ".." for seg in v.split("/")):
-            raise ValueError("dataset source must not contain '..' segments")
-        return v
+    _no_dot_dot = field_validator("source")(no_dot_dot)
 
 
 class Artifacts(Strict):
-    log_uri: str | None = Field(None, description="Prefix the job's log is copied to.")
-    status_stream_url: str | None = Field(None, description="Accepted for compatibility; events are served at /jobs/{id}/events.")
-    output_uri: str | None = Field(None, description="Prefix for adapter, tokenizer, checkpoints, metrics.json.")
+    log_uri: StorageUri | None = Field(None, description="Prefix the job's log is copied to.")
+    status_stream_url: HttpUrl | None = Field(
+        None, description="Accepted for compatibility (checked like webhook_url); events are served at /jobs/{id}/events."
+    )
+    output_uri: StorageUri | None = Field(None, description="Prefix for adapter, tokenizer, checkpoints, metrics.json.")
 
-    @field_validator("log_uri", "output_uri")
-    @classmethod
-    def _scheme(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if not (v.startswith("file://") or v.startswith("s3://")):
-            raise ValueError("artifact URIs must be file:// or s3:// prefixes")
-        if any(seg == ".." for seg in v.split("/")):
-            raise ValueError("artifact URIs must not contain '..' segments")
-        return v
+    _no_dot_dot = field_validator("log_uri", "output_uri")(no_dot_dot)
 
 
 class TuningParameters(Strict):
@@ -123,34 +161,29 @@ class TuningParameters(Strict):
     batch_size: int = Field(8, gt=0, le=4096, description="Effective batch size (per device x accumulation).")
     per_device_batch_size: int | None = Field(None, gt=0, le=1024, description="Micro-batch; default min(batch_size, 8).")
     num_epochs: float = Field(3, gt=0, le=1000)
-    max_steps: int | None = Field(None, gt=0, description="Overrides num_epochs when set.")
+    max_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Overrides num_epochs when set.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0, lt=1)
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     gradient_checkpointing: bool = False
     max_sequence_length: int = Field(2048, ge=8, le=131072)
-    logging_steps: int = Field(5, gt=0)
-    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps; default once per epoch.")
-    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps; default at the end only.")
+    logging_steps: int = Field(5, gt=0, le=MAX_STEPS)
+    eval_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Evaluate every N steps; default once per epoch.")
+    save_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Checkpoint every N steps; default at the end only.")
     validation_split: float = Field(0.1, ge=0, lt=0.5, description="Held out from train when no validation dataset.")
     assistant_only_loss: bool = Field(True, description="Chat data: learn only assistant tokens.")
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     # DPO (TRL names)
     beta: float = Field(0.1, gt=0, le=10, description="DPO temperature.")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
-    max_prompt_length: int | None = Field(None, ge=8, description="DPO: prompt tokens kept (left-truncated).")
+    max_prompt_length: int | None = Field(None, ge=8, le=131072, description="DPO: prompt tokens kept (left-truncated).")
 
 
 class Callbacks(Strict):
-    webhook_url: str | None = Field(None, description="Receives a POST on every status change.")
-    auth_header: SecretStr | None = Field(None, description="Write-only Authorization header for the webhook.")
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://", v):
-            raise ValueError("webhook_url must be an http(s) URL")
-        return v
+    webhook_url: HttpUrl | None = Field(
+        None, description="Receives a POST on every status change; must reach a public address (docs/security.md)."
+    )
+    auth_header: Secret | None = Field(None, description="Write-only Authorization header for the webhook.")
 
 
 class TrainingRequest(Strict):
@@ -164,7 +197,7 @@ class TrainingRequest(Strict):
     artifacts: Artifacts = Field(default_factory=Artifacts)
     tuning_parameters: TuningParameters = Field(default_factory=TuningParameters)
     callbacks: Callbacks = Field(default_factory=Callbacks)
-    labels: dict[str, str] = Field(default_factory=dict, description="Free-form tags (workspace, finetune id).")
+    labels: Labels = Field(default_factory=dict, description="Free-form tags (workspace, finetune id).")
 
     @field_validator("job_id")
     @classmethod
@@ -335,10 +368,10 @@ class ProgressReport(Strict):
 
     type: Literal["progress", "metrics", "log", "checkpoint", "started"]
     level: EventLevel = EventLevel.info
-    message: str = ""
+    message: str = Field("", max_length=MAX_REPORT_MESSAGE_CHARS)
     progress: Progress | None = None
-    metrics: dict[str, Any] | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] | None = Field(None, max_length=MAX_REPORT_ITEMS)
+    data: dict[str, Any] = Field(default_factory=dict, max_length=MAX_REPORT_ITEMS)
 
 
 class BackendInfo(BaseModel):
@@ -467,7 +500,7 @@ class FinetuneHyperparameters(Strict):
     exist). Unset fields take the trainer service's defaults (shown in brackets)."""
 
     epochs: float | None = Field(None, gt=0, le=1000, description="Passes over the training data [3].")
-    max_steps: int | None = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
+    max_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Optimizer steps; overrides epochs when set.")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Peak learning rate [2e-4].")
     batch_size: int | None = Field(None, gt=0, le=4096, description="Effective batch size [8].")
     per_device_batch_size: int | None = Field(None, gt=0, le=1024, description="Micro-batch [min(batch_size, 8)].")
@@ -480,14 +513,14 @@ class FinetuneHyperparameters(Strict):
     max_sequence_length: int | None = Field(
         None, ge=8, le=131072, description="Tokens per row; validation fails rows that are longer [2048]."
     )
-    logging_steps: int | None = Field(None, gt=0, description="Report progress every N steps [5].")
-    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps [once per epoch].")
-    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps [at the end only].")
+    logging_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Report progress every N steps [5].")
+    eval_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Evaluate every N steps [once per epoch].")
+    save_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Checkpoint every N steps [at the end only].")
     validation_split: float | None = Field(
         None, ge=0, lt=0.5, description="Held out from training when no validation dataset is attached [0.1]."
     )
     assistant_only_loss: bool | None = Field(None, description="Chat data: learn only assistant tokens [true].")
-    seed: int | None = Field(None, description="Random seed [42].")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed [42].")
     training_type: TrainingType | None = Field(
         None, description="sft | dpo [dpo for provider 'dpo', else sft]; dpo runs on the DPO service."
     )
@@ -497,14 +530,14 @@ class FinetuneHyperparameters(Strict):
     )
     lora_alpha: int | None = Field(None, gt=0, le=4096, description="LoRA alpha [32].")
     lora_dropout: float | None = Field(None, ge=0, lt=1, description="LoRA dropout [0.05].")
-    target_modules: list[str] | Literal["all-linear"] | None = Field(
+    target_modules: ModuleNames | Literal["all-linear"] | None = Field(
         None, description="Modules LoRA wraps [the architecture's attention projections]."
     )
-    trainable_layers: list[str] | None = Field(None, description="method=full: only parameters matching these train.")
+    trainable_layers: ModuleNames | None = Field(None, description="method=full: only parameters matching these train.")
     precision: Precision | None = Field(None, description="bf16 | fp16 | fp32 [bf16, fp32 where unsupported].")
     beta: float | None = Field(None, gt=0, le=10, description="DPO temperature [0.1].")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] | None = Field(None, description="DPO loss [sigmoid].")
-    max_prompt_length: int | None = Field(None, ge=8, description="DPO: prompt tokens kept [all].")
+    max_prompt_length: int | None = Field(None, ge=8, le=131072, description="DPO: prompt tokens kept [all].")
 
     def to_training_request(
         self,
@@ -582,7 +615,7 @@ _WORKSPACE_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 class DatasetCreate(Strict):
     name: str = Field(..., min_length=1, max_length=255, description="The file's name, e.g. train.jsonl.")
     provider: Provider = Field(Provider.huggingface, description="Trainer the dataset is meant for.")
-    model: str | None = Field(None, max_length=1024, description="Base model the dataset is meant for.")
+    model: str | None = Field(None, max_length=MAX_MODEL_REF_CHARS, description="Base model the dataset is meant for.")
     type: DatasetType = Field(DatasetType.training, description="training | validation")
     project_id: str = Field("default", pattern=_WORKSPACE_RE, description=f"Project in the workspace. {_ID_DESCRIPTION}")
 
@@ -661,16 +694,20 @@ class DatasetPublic(BaseModel):
 
 class FinetuneCreate(Strict):
     name: str = Field(..., min_length=1, max_length=255)
-    virtual_key: SecretStr | None = Field(
+    virtual_key: Secret | None = Field(
         None, description="Write-only credential for the base model's weights (used as its Hugging Face token)."
     )
     provider: Provider = Field(..., description="huggingface | unsloth | dpo: picks the trainer service.")
-    model: str = Field(..., min_length=1, max_length=1024, description="Base model: hub id, local path or URI.")
+    model: str = Field(
+        ..., min_length=1, max_length=MAX_MODEL_REF_CHARS,
+        description="Base model: a hub id (org/name), a path under the configured model directories, or the id of "
+        "one of this workspace's completed finetunes (trains on top of its output).",
+    )
     hyperparameters: FinetuneHyperparameters = Field(default_factory=FinetuneHyperparameters)
     resources: Resources | None = Field(None, description="Job resources (GPUs, memory); the trainer's defaults if unset.")
     project_id: str = Field("default", pattern=_WORKSPACE_RE, description=f"Project in the workspace. {_ID_DESCRIPTION}")
-    training_dataset_id: str | None = Field(None, description="May also be attached later with PUT.")
-    validation_dataset_id: str | None = None
+    training_dataset_id: str | None = Field(None, max_length=64, description="May also be attached later with PUT.")
+    validation_dataset_id: str | None = Field(None, max_length=64)
 
     @model_validator(mode="after")
     def _dpo_provider(self) -> FinetuneCreate:
@@ -694,13 +731,14 @@ def service_for(provider: Provider, training_type: TrainingType) -> str:
 
 
 class FinetuneUpdate(Strict):
-    training_dataset_id: str = Field(..., min_length=1, description="Dataset of type training.")
-    validation_dataset_id: str | None = Field(None, description="Dataset of type validation (optional).")
+    training_dataset_id: str = Field(..., min_length=1, max_length=64, description="Dataset of type training.")
+    validation_dataset_id: str | None = Field(None, max_length=64, description="Dataset of type validation (optional).")
 
 
 class FinetuneStart(Strict):
     override_model: str | None = Field(
-        None, min_length=1, max_length=1024, description="Train this base model instead of the finetune's `model`."
+        None, min_length=1, max_length=MAX_MODEL_REF_CHARS,
+        description="Train this base model instead of the finetune's `model` (the same rule as `model`).",
     )
 
 

@@ -15,10 +15,13 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Respons
 from sqlalchemy import Engine
 
 from common import db, jobs
+from common.bodylimit import install_body_limit
 from common.errors import Unauthorized, install_handlers
+from common.outbound import OutboundPolicy
 from common.runners import make_runner
 from common.runners.base import JobRunner, RunnerDeps
 from common.schemas import (
+    MAX_QUERY_INT,
     BackendInfo,
     ErrorBody,
     EventsPublic,
@@ -54,19 +57,27 @@ def _store(request: Request) -> ObjectStore:
     return request.app.state.store
 
 
+def _outbound(request: Request) -> OutboundPolicy:
+    return request.app.state.outbound
+
+
 EngineDep = Annotated[Engine, Depends(_engine)]
 RunnerDep = Annotated[JobRunner, Depends(_runner)]
 BackendDep = Annotated[BaseTrainerBackend, Depends(_backend)]
 StoreDep = Annotated[ObjectStore, Depends(_store)]
+OutboundDep = Annotated[OutboundPolicy, Depends(_outbound)]
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 422, 503)}
 router = APIRouter(responses=ERRORS)
 
 
 @router.post("/train", status_code=202, response_model=JobPublic, tags=["jobs"])
-def train(body: TrainingRequest, engine: EngineDep, store: StoreDep, runner: RunnerDep, backend: BackendDep) -> JobPublic:
+def train(
+    body: TrainingRequest, engine: EngineDep, store: StoreDep, runner: RunnerDep, backend: BackendDep,
+    outbound: OutboundDep,
+) -> JobPublic:
     """Accept a training request; the job starts when a runner slot is free."""
-    return jobs.submit(engine, store, runner, backend, body)
+    return jobs.submit(engine, store, runner, backend, body, outbound)
 
 
 @router.get("/jobs", response_model=JobsPublic, tags=["jobs"])
@@ -75,7 +86,7 @@ def list_jobs(
     backend: BackendDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_QUERY_INT)] = 0,
 ) -> JobsPublic:
     return jobs.list_jobs(engine, backend.name, status=status, limit=limit, offset=offset)
 
@@ -97,15 +108,15 @@ def get_logs(
 def get_events(
     job_id: str,
     engine: EngineDep,
-    after: Annotated[int, Query(ge=0, description="Only events with id > after (for polling).")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_QUERY_INT, description="Only events with id > after (for polling).")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> EventsPublic:
     return jobs.events(engine, job_id, after_id=after, limit=limit)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, tags=["jobs"])
-def cancel_job(job_id: str, engine: EngineDep, runner: RunnerDep) -> JobPublic:
-    return jobs.cancel(engine, runner, job_id)
+def cancel_job(job_id: str, engine: EngineDep, runner: RunnerDep, outbound: OutboundDep) -> JobPublic:
+    return jobs.cancel(engine, runner, job_id, outbound)
 
 
 @router.post("/internal/jobs/{job_id}/reports", status_code=204, tags=["internal"])
@@ -147,10 +158,13 @@ def create_service_app(backend: BaseTrainerBackend, settings: Settings | None = 
         engine = db.make_engine(settings.database_url)
         db.init_db(engine)
         store = ObjectStore(settings)
+        outbound = OutboundPolicy.from_settings(settings)
         runner = make_runner(
-            RunnerDeps(engine, settings, store, backend.name, on_status=lambda jid: jobs.notify_webhook(engine, jid))
+            RunnerDeps(engine, settings, store, backend.name,
+                       on_status=lambda jid: jobs.notify_webhook(engine, jid, outbound))
         )
         app.state.engine, app.state.store, app.state.runner, app.state.backend = engine, store, runner, backend
+        app.state.outbound = outbound
         runner.start()
         backend.start(runner.name)
         log.info("%s service ready (runner=%s)", backend.name, runner.name)
@@ -168,5 +182,6 @@ def create_service_app(backend: BaseTrainerBackend, settings: Settings | None = 
         lifespan=lifespan,
     )
     install_handlers(app)
+    install_body_limit(app, settings.max_request_bytes)
     app.include_router(router)
     return app

@@ -10,10 +10,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, IPvAnyNetwork, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 VAR_DIR = Path("var")
+# Where the project's code lives; defaults that name project files resolve against it, not the cwd.
+PROJECT_HOME = Path(__file__).resolve().parents[1]
 
 
 class Settings(BaseSettings):
@@ -37,6 +39,19 @@ class Settings(BaseSettings):
     )
     s3_endpoint_url: str | None = Field(default=None, description="MinIO/moto/other S3 endpoint.")
     s3_region: str = "us-east-1"
+
+    # what a request may name (common/modelrefs.py, common/outbound.py, common/bodylimit.py)
+    model_dirs: list[Path] = Field(
+        default_factory=lambda: [PROJECT_HOME / "var" / "models"],
+        description='Directories a request may name a local base model under (JSON list, e.g. ["/models"]).',
+    )
+    outbound_allow: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description='CIDR ranges request URLs (webhooks) may reach although private or loopback, e.g. ["127.0.0.0/8"].',
+    )
+    max_request_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Largest request body read by any route except the upload routes (413 above)."
+    )
 
     # runner
     runner: str = Field(default="local", description="local | kubernetes")

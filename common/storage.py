@@ -106,6 +106,15 @@ def _split_parts(parts: Iterable[str]) -> list[str]:
     return segments
 
 
+def check_segments(uri: str) -> None:
+    """Refuse a URI with a ``..`` segment, also percent-encoded (``%2e%2e``).
+
+    Raises:
+        BadRequest: naming the URI.
+    """
+    _split_parts([uri.partition("://")[2]])
+
+
 def _safe_endpoint(endpoint: str | None) -> str:
     """The endpoint without any ``user:password@`` part, fit for an error message."""
     if not endpoint:
@@ -212,6 +221,19 @@ class ObjectStore:
         if resolved != root and root not in resolved.parents:
             raise BadRequest(f"path escapes the storage root: {uri!r}")
         return resolved
+
+    def check(self, uri: str) -> str:
+        """``uri`` as given when a job may use it: a supported scheme, no ``..`` (also encoded), and
+        for ``file://`` a path inside the storage root. No I/O beyond resolving the path.
+
+        Raises:
+            BadRequest: what is wrong with it.
+        """
+        scheme, _, _ = parse_uri(uri)
+        check_segments(uri)
+        if scheme == "file":
+            self.local_path(uri)
+        return uri
 
     # ---------------------------------------------------------------- writes
 

@@ -43,6 +43,11 @@ BLOCK_SIZE = 1024 * 1024
 TOKEN_BATCH = 256
 TEMPLATE_TOKENS_PER_MESSAGE = 4  # role header + end-of-turn + newline in a Llama-3-like template
 TEMPLATE_TOKENS_PER_ROW = 1  # bos
+# Text past limit * this many characters is never tokenized: no tokenizer in use averages more
+# characters per token, so the cut text alone already breaks the limit, and memory stays flat
+# however long a line is (within max_line_bytes).
+MAX_CHARS_PER_TOKEN = 16
+NESTED_TOO_DEEPLY = "JSON nested too deeply to read"
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,8 @@ class _TokenCounter:
         self.estimated = self.estimated_bytes = self.estimated_extra = 0
 
     def add(self, line: int, seqs: Sequences, extra: int) -> None:
-        texts = [_text(seq) for seq in seqs]
+        cap = self.limit * MAX_CHARS_PER_TOKEN
+        texts = [t if len(t) <= cap else t[:cap] for t in (_text(seq) for seq in seqs)]
         nbytes = max(len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts)
         if self.counted + len(self.rows) >= self.sample_rows and nbytes + extra + TEMPLATE_TOKENS_PER_ROW < self.limit:
             self.estimated += 1
@@ -227,8 +233,9 @@ class _TokenCounter:
                 self.max = tokens
             if tokens > self.limit:
                 self.over += 1
+                about = "at least" if nbytes >= self.limit * MAX_CHARS_PER_TOKEN else "about"
                 self.errors.add(
-                    line, "", f"row has about {tokens} tokens, over max_sequence_length {self.limit} "
+                    line, "", f"row has {about} {tokens} tokens, over max_sequence_length {self.limit} "
                     "(shorten it or raise hyperparameters.max_sequence_length)"
                 )
 
@@ -363,6 +370,12 @@ def validate_stream(
                     except json.JSONDecodeError as e:
                         errors.add(line, "", f"invalid JSON: {e.msg} at column {e.colno}")
                         continue
+                    except RecursionError:
+                        errors.add(line, "", NESTED_TOO_DEEPLY)
+                        continue
+                except RecursionError:
+                    errors.add(line, "", NESTED_TOO_DEEPLY)
+                    continue
                 if type(row) is not dict:
                     errors.add(line, "", f"expected a JSON object, got {type(row).__name__}")
                     continue
@@ -375,6 +388,9 @@ def validate_stream(
                     row_fmt, seqs, extra = check(row)
                 except RowError as e:
                     errors.add(line, e.field, e.message)
+                    continue
+                except RecursionError:
+                    errors.add(line, "", NESTED_TOO_DEEPLY)
                     continue
                 if fmt is None:
                     fmt, fmt_line = row_fmt, line
@@ -469,8 +485,8 @@ def _load(tokenizer_cls: Any, model: str, store: ObjectStore | None, depth: int)
             if base:
                 return _load(tokenizer_cls, base, store, depth + 1)
         return None, f"token counts skipped: no tokenizer.json under '{model}'"
-    path = Path(model).expanduser()
-    if path.is_dir():
+    path = Path(model)
+    if path.is_absolute() and path.is_dir():
         if (path / "tokenizer.json").is_file():
             return tokenizer_cls.from_file(str(path / "tokenizer.json")), str(path)
         adapter = path / "adapter_config.json"

@@ -26,6 +26,12 @@ envelope, `ErrorBody`: `{"error": "<name>", "detail": <message or list>, "status
 (the names are listed in `common/errors.py`). The running apps serve the same contract as
 OpenAPI at `/openapi.json` and as pages at `/docs`.
 
+Every request body is capped before it is parsed or its caller authenticated: over
+`TRAINYARD_MAX_REQUEST_BYTES` (default 1 MiB) the answer is 413 `payload_too_large`. The upload
+routes stream under their own limits (`TRAINYARD_MAX_UPLOAD_BYTES`, `TRAINYARD_MAX_DIRECT_UPLOAD_BYTES`).
+Each field's own cap (length, items, entries, range) is listed with it below; `docs/security.md`
+has them in one table.
+
 | face | app | port (local / cluster) | auth |
 | --- | --- | --- | --- |
 | [Gateway](#gateway) | `gateway.app:app` | 8080 / Service `trainyard-gateway` | an API key: `x-portkey-api-key: <key>` or `Authorization: Bearer <key>`; writes need the `completions.write` scope, reads `completions.read` |
@@ -180,12 +186,18 @@ def schema_section(name: str, schema: dict[str, Any]) -> list[str]:
     for field, prop in props.items():
         default = f"`{json.dumps(prop['default'])}`" if "default" in prop else ""
         extras = []
-        for key, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"),
-                          ("minLength", "min length"), ("maxLength", "max length"), ("pattern", "pattern")):
-            if key in prop:
-                value = prop[key]
-                value = int(value) if isinstance(value, float) and value.is_integer() else value
-                extras.append(f"{word} `{value}`")
+        # constraints of an optional field sit in its non-null anyOf member; a list's, on its items
+        sources = [("", prop)] + [("", p) for p in prop.get("anyOf", []) if p.get("type") != "null"]
+        sources += [("items ", s["items"]) for _, s in list(sources) if isinstance(s.get("items"), dict)]
+        for prefix, source in sources:
+            for key, word in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                              ("exclusiveMaximum", "<"), ("minLength", "min length"), ("maxLength", "max length"),
+                              ("minItems", "min items"), ("maxItems", "max items"), ("maxProperties", "max entries"),
+                              ("pattern", "pattern")):
+                if key in source:
+                    value = source[key]
+                    value = int(value) if isinstance(value, float) and value.is_integer() else value
+                    extras.append(f"{prefix}{word} `{str(value).replace('|', chr(92) + '|')}`")
         desc = cell(prop.get("description", ""))
         if extras:
             desc = f"{desc} ({', '.join(extras)})".strip()

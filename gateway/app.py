@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from common.bodylimit import install_body_limit
 from common.db import make_engine
 from common.errors import install_handlers
 from common.settings import Settings, get_settings
@@ -82,6 +83,9 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
         lifespan=lifespan,
     )
     install_handlers(app)
+    # the upload routes stream to storage under their own limits (max_upload_bytes, max_direct_upload_bytes)
+    install_body_limit(app, settings.max_request_bytes,
+                       exempt=("/v1/uploads/", "/v1/datasets/upload", "/v1/dataservice/datasets/upload"))
     app.include_router(health.router)
     if public:
         app.include_router(datasets.build_router(PUBLIC), prefix="/v1")

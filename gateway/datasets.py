@@ -31,7 +31,7 @@ from common.schemas import (
     FinetuneStatus,
     ValidationReport,
 )
-from gateway import db, signing
+from gateway import db, modelrefs, signing
 from gateway.auth import Principal
 from gateway.context import Gateway
 
@@ -83,6 +83,8 @@ def create(gw: Gateway, who: Principal, body: DatasetCreate, base_url: str) -> D
     key = f"{project_prefix(who.workspace_id, body.project_id)}/ingestion/{dataset_id}-{file_stem(body.name)}.jsonl"
     url, expires_at = _signed_url(gw, dataset_id, key, base_url)
     with tx(gw.engine) as conn:
+        if body.model is not None:
+            modelrefs.resolve(conn, gw.settings, body.model, who.workspace_id)
         db.insert_dataset(
             conn,
             {

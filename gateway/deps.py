@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from common.schemas import Scope
+from common.schemas import MAX_QUERY_INT, Scope
 from gateway import auth
 from gateway.auth import Principal
 from gateway.context import Gateway
@@ -26,7 +26,7 @@ def _gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
 # one page of a list route: ?limit=&offset=
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_QUERY_INT)]
 
 _api_key = APIKeyHeader(name="x-portkey-api-key", auto_error=False, scheme_name="ApiKey",
                         description="A Trainyard API key (also accepted as Authorization: Bearer).")

@@ -41,7 +41,7 @@ from common.schemas import (
     TrainingRequest,
     service_for,
 )
-from gateway import datasets, db, models
+from gateway import datasets, db, modelrefs, models
 from gateway.auth import Principal
 from gateway.context import Gateway
 from gateway.trainers import ServiceNoAnswer
@@ -129,8 +129,10 @@ def create(gw: Gateway, who: Principal, body: FinetuneCreate) -> FinetuneCreated
         "training_dataset_id": body.training_dataset_id,
         "validation_dataset_id": body.validation_dataset_id,
     }
+    with tx(gw.engine) as conn:
+        model = modelrefs.resolve(conn, gw.settings, body.model, who.workspace_id)
     # Surface cross-field problems now, not at start: build the request once with stand-in files.
-    _training_request(gw, row, job_id=f"{finetune_id}-0", model=body.model, train_uri="file:///check.jsonl",
+    _training_request(gw, row, job_id=f"{finetune_id}-0", model=model, train_uri="file:///check.jsonl",
                       validation_uri=None)
     with tx(gw.engine) as conn:
         _check_dataset(conn, body.training_dataset_id, who.workspace_id, "training")
@@ -268,7 +270,8 @@ def start(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneStart) ->
             if row["validation_dataset_id"] else None
         )
         job_id = f"{finetune_id}-{row['attempts'] + 1}"
-        model = body.override_model or row["model"]
+        field = "override_model" if body.override_model else "model"
+        model = modelrefs.resolve(conn, gw.settings, body.override_model or row["model"], who.workspace_id, field=field)
         request = _training_request(gw, dict(row), job_id=job_id, model=model, train_uri=train["uri"],
                                     validation_uri=val["uri"] if val else None)
         claimed = db.update_finetune(

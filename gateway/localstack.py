@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = REPO / "var" / "run"
 LOG_DIR = REPO / "var" / "logs"
 COMPONENTS = ("huggingface", "unsloth", "dpo", "inference", "gateway")
+LOCAL_OUTBOUND_ALLOW = '["127.0.0.0/8", "::1/128"]'
 SECRETS = {"admin-key": "TRAINYARD_ADMIN_API_KEY", "upload-secret": "TRAINYARD_UPLOAD_SIGNING_SECRET"}
 HEALTH_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
@@ -83,6 +84,8 @@ def up() -> list[str]:
     """Start what is not running; return what this call started. Raises SystemExit if one fails."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **secret_env(), "PYTHONPATH": str(REPO)}
+    # the local stack's webhooks and streams may reach this machine (never the private ranges around it)
+    env.setdefault("TRAINYARD_OUTBOUND_ALLOW", LOCAL_OUTBOUND_ALLOW)
     started = []
     for component in COMPONENTS:
         if (pid := _pid(component)) is not None:

@@ -39,7 +39,8 @@ def upload_url(base_url: str, secret: bytes, dataset_id: str, key: str, ttl_seco
 def verify(secret: bytes, dataset_id: str, key: str, expires: int, sig: str, *, now: float | None = None) -> None:
     """Raises: SignatureInvalid (any part changed), SignatureExpired (valid but too late)."""
     expected = sign(secret, dataset_id, key, expires)
-    if not hmac.compare_digest(expected, sig):
+    # bytes, not str: compare_digest refuses non-ASCII str (a mangled ?sig= would be a 500)
+    if not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "surrogatepass")):
         raise SignatureInvalid("the upload URL's signature does not match; request a new URL")
     if (now if now is not None else time.time()) > expires:
         raise SignatureExpired("the upload URL has expired; request a new one (POST /v1/datasets)")

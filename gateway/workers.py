@@ -28,6 +28,7 @@ from sqlalchemy.engine import RowMapping
 
 from common.db import tx
 from common.errors import StorageError, TrainyardError
+from common.modelrefs import ModelRefused
 from common.schemas import (
     EventLevel,
     FinetuneStatus,
@@ -37,7 +38,7 @@ from common.schemas import (
     ValidationReport,
 )
 from common.validation import Limits, Stopped, load_tokenizer, validate_uri
-from gateway import datasets, db, finetunes, models
+from gateway import datasets, db, finetunes, modelrefs, models
 from gateway.context import Gateway
 
 log = logging.getLogger("trainyard.gateway.workers")
@@ -148,7 +149,12 @@ class ValidationWorker:
                     except TrainyardError as e:
                         return {"error": str(e.detail)}
                     files.append((role, ds))
-        tokenizer, name_or_note = self.tokenizers.get(row["model"])
+        try:
+            with tx(self.gw.engine) as conn:
+                model = modelrefs.resolve(conn, self.gw.settings, row["model"], row["workspace_id"])
+        except ModelRefused as e:
+            return {"error": str(e.detail)}
+        tokenizer, name_or_note = self.tokenizers.get(model)
         last_beat = time.monotonic()
 
         def on_progress(_: int) -> None:

@@ -41,7 +41,7 @@ def test_two_replicas_launch_each_job_exactly_once(pg_database: str, tmp_path: P
         r.start()
     clients = [httpx.Client(base_url=r.url, timeout=60) for r in replicas]
     try:
-        requests = [training_request(str(objects / "no-such-model"), (objects / "train.jsonl").as_uri())
+        requests = [training_request((objects / "no-such-model").as_uri(), (objects / "train.jsonl").as_uri())
                     for _ in range(JOBS)]
         with ThreadPoolExecutor(max_workers=2 * JOBS) as pool:
             answers = list(pool.map(lambda args: args[0].post("/train", json=args[1]),

@@ -98,12 +98,12 @@ def _fetch(ref: str, dest: Path) -> Path | None:
         if not files:
             raise ModelLoadError(f"no model files under {ref}")
         return dest
-    path = Path(ref).expanduser()
-    if path.is_absolute() or ref.startswith("."):
+    path = Path(ref)
+    if path.is_absolute():
         if not path.is_dir():
             raise ModelLoadError(f"model directory not found: {ref}")
         return path
-    return path if path.is_dir() else None
+    return None  # a hub id (common.modelrefs): resolved on the hub, never as a local directory
 
 
 def _adapter_base(adapter_dir: Path) -> str:

@@ -1,6 +1,6 @@
 """/v1/datasets (and, with the internal Auth, /v1/dataservice/datasets): thin routes over gateway.datasets."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -23,6 +23,23 @@ from gateway.deps import Auth, GatewayDep, Limit, Offset
 
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
 
+def _form_fields() -> dict[str, dict[str, Any]]:
+    """DatasetCreate's fields as multipart text parts: the same constraints as the JSON route, written once."""
+    schema = DatasetCreate.model_json_schema()
+    fields = {}
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        for option in prop.pop("anyOf", []):  # an optional field is a part that may be left out
+            if option.get("type") != "null":
+                prop.update(option)
+        ref = prop.pop("$ref", None)
+        if ref:
+            prop = {**schema["$defs"][ref.rsplit("/", 1)[-1]], **prop}
+        fields[name] = {k: v for k, v in prop.items() if k != "title" and v is not None}
+    fields["name"]["description"] = "Defaults to the file's name."
+    return fields
+
+
 UPLOAD_FORM = {
     "requestBody": {
         "required": True,
@@ -33,11 +50,7 @@ UPLOAD_FORM = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary", "description": "The JSONL file."},
-                        "name": {"type": "string", "description": "Defaults to the file's name."},
-                        "type": {"type": "string", "enum": ["training", "validation"], "default": "training"},
-                        "provider": {"type": "string", "enum": ["huggingface", "unsloth", "dpo"]},
-                        "model": {"type": "string"},
-                        "project_id": {"type": "string", "default": "default"},
+                        **_form_fields(),
                     },
                 }
             }

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query
 
 from common.schemas import (
+    MAX_QUERY_INT,
     Envelope,
     ErrorBody,
     FinetuneCreate,
@@ -70,7 +71,7 @@ def build_router(auth: Auth, tag: str = "finetune") -> APIRouter:
     @router.get("/{finetune_id}/events", response_model=ListEnvelope[FinetuneEventPublic])
     def finetune_events(
         finetune_id: str, who: Reader, gw: GatewayDep,
-        after: Annotated[int, Query(ge=0, description="Only events with id > after.")] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_QUERY_INT, description="Only events with id > after.")] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> ListEnvelope[FinetuneEventPublic]:
         """The finetune's status changes (validation, start, the job's states)."""

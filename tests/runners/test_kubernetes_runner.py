@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from common import db, jobs
+from common.outbound import OutboundPolicy
 from common.runners import make_runner
 from common.runners.base import RunnerDeps
 from common.runners.kubernetes import KubernetesRunner, job_name
@@ -88,7 +89,7 @@ class Cluster:
             "labels": {"workspace": "ws-1"},
         }
         body.update(overrides)
-        return jobs.submit(self.engine, self.store, self.runner, HuggingFaceBackend(), TrainingRequest(**body)).id
+        return jobs.submit(self.engine, self.store, self.runner, HuggingFaceBackend(), TrainingRequest(**body), OutboundPolicy()).id
 
     def job(self, job_id: str) -> Any:
         return jobs.get(self.engine, job_id)
@@ -324,7 +325,7 @@ def test_cancel_deletes_the_job_with_foreground_propagation(cluster: Cluster, fa
     fake.run(pod, "step 1")
     name = job_name(job_id)
     assert cluster.job(job_id).status == JobStatus.running
-    jobs.cancel(cluster.engine, cluster.runner, job_id)
+    jobs.cancel(cluster.engine, cluster.runner, job_id, OutboundPolicy())
     [delete] = [c for c in fake.calls if c.verb == "delete"]
     assert delete.resource == "jobs" and delete.name == name and delete.body["propagationPolicy"] == "Foreground"
     assert fake.jobs() == [] and fake.pods_of(name) == [] and ("Secret", f"{name}-env") not in fake.objects
@@ -337,7 +338,7 @@ def test_cancel_on_another_replica_reaches_the_owner(cluster: Cluster, fake: Fak
     job_id, pod = cluster.launch()
     fake.run(pod)
     other = cluster.replica("svc-b")  # the cancel request landed on another replica, which owns nothing
-    jobs.cancel(cluster.engine, other, job_id)
+    jobs.cancel(cluster.engine, other, job_id, OutboundPolicy())
     assert fake.jobs() != []
     cluster.runner.tick()  # the owner sees 'cancelled' and deletes its Job
     assert fake.jobs() == [] and cluster.job(job_id).status == JobStatus.cancelled
@@ -411,7 +412,7 @@ def test_role_grants_exactly_what_the_runner_uses(cluster: Cluster, fake: FakeAp
     with db.tx(cluster.engine) as conn:
         db.update_job(conn, job_id, claimed_by="svc-gone:1")
     cluster.replica("svc-c").reconcile()
-    jobs.cancel(cluster.engine, cluster.runner, job_id)
+    jobs.cancel(cluster.engine, cluster.runner, job_id, OutboundPolicy())
     used = {(c.resource, c.verb) for c in fake.calls}
     granted = {(res, verb) for rule in role_rules(RBAC) for res in rule["resources"] for verb in rule["verbs"]}
     assert used == granted

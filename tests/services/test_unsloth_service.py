@@ -38,6 +38,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         "TRAINYARD_LOG_DIR": str(tmp / "logs"),
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
+        # the project's models (the tiny model) and this module's hand-made ones
+        "TRAINYARD_MODEL_DIRS": json.dumps([str(REPO / "var" / "models"), str(tmp / "models")]),
     }
     return {"tmp": tmp, "root": root, "uris": uris, "env": env}
 
@@ -99,8 +101,8 @@ def test_unsloth_lora_job_learns_and_saves_a_loadable_adapter(service: Server, s
 
 @needs_unsloth_env
 def test_refuses_an_unsupported_family_and_other_problems_in_one_body(service: Server, store: dict) -> None:
-    gpt2 = store["tmp"] / "gpt2-like"
-    gpt2.mkdir(exist_ok=True)
+    gpt2 = store["tmp"] / "models" / "gpt2-like"
+    gpt2.mkdir(parents=True, exist_ok=True)
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
     req = training_request(str(gpt2), store["uris"]["dpo_train"])
     req["customization"]["trainable_layers"] = ["layers.0"]
