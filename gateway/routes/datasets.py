@@ -1,6 +1,6 @@
 """/v1/datasets (and, with the internal Auth, /v1/dataservice/datasets): thin routes over gateway.datasets."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -21,7 +21,7 @@ from gateway import datasets
 from gateway.auth import Principal
 from gateway.deps import Auth, GatewayDep, Limit, Offset
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
 
 UPLOAD_FORM = {
     "requestBody": {

@@ -5,7 +5,6 @@ three steps per backend). The real run needs a CUDA GPU and is skipped without o
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
