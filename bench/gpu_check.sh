@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check as one command on the offline GPU machine: install the carried wheels (bench/gpu_wheels.sh)
-# into a private folder, then run bench/gpu_check.py. Extra arguments go to gpu_check.py.
-#   device run, carry [".gpu-wheels"]:  bash bench/gpu_check.sh --json "$OUT/gpu_check.json"
+# The GPU check as one command on your GPU machine: install the wheels of bench/gpu_wheels.sh (if the
+# folder is there) into a private folder, then run bench/gpu_check.py. Extra arguments go to gpu_check.py.
+#   bash bench/gpu_check.sh --json gpu_check.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${WHEELS:-.gpu-wheels}
@@ -10,7 +10,7 @@ if compgen -G "$WHEELS/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 else
-  echo "gpu_check.sh: no wheels in $WHEELS (run bench/gpu_wheels.sh here first); using what is installed" >&2
+  echo "gpu_check.sh: no wheels in $WHEELS (bench/gpu_wheels.sh downloads them); using what is installed" >&2
 fi
 export PYTHONUNBUFFERED=1 UNSLOTH_DISABLE_STATISTICS=1
 exec python3 bench/gpu_check.py "$@"

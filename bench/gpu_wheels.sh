@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
-# Download the wheels bench/gpu_check.py needs on the offline GPU machine into .gpu-wheels/ (gitignored),
-# slimmed to fit the device tool's 64 MiB carry: bitsandbytes keeps only its CPU library and the CUDA
-# build the machine's torch uses, unsloth drops its "studio" web app (25 of its 28 MB).
+# Download the wheels bench/gpu_check.py needs into .gpu-wheels/ (gitignored), for a GPU machine that has
+# torch with CUDA but not the rest of the training environment, or no network: copy the folder there
+# and run bench/gpu_check.sh. Every version comes from locks/train-image.txt (the training image), so
+# the check runs what the image runs. To keep the folder small (~21 MB), bitsandbytes keeps only its CPU
+# library and the CUDA build the machine's torch uses, and unsloth drops its "studio" web app.
 #
-#   bash bench/gpu_wheels.sh            # then carry ".gpu-wheels" and run: bash bench/gpu_check.sh
+#   bash bench/gpu_wheels.sh            # PY_VERSION / CUDA_LIB: the GPU machine's Python and torch.version.cuda
 #
-# The machine (see the device tool's KINDS.md) has Python 3.12, torch 2.11 (CUDA 13.0), triton,
-# transformers 5.17, accelerate, tokenizers, safetensors, numpy, pandas, pyarrow, xxhash, aiohttp and
-# httpx; it lacks the rest of the training environment, pinned here to the versions .venv-unsloth and the
-# training image resolve to (unsloth's own pins: transformers <= 5.17, trl <= 1.15, datasets < 5).
+# The packages below are what the GPU machine is expected to lack; torch, triton, transformers,
+# accelerate, tokenizers, safetensors, numpy, pandas, pyarrow, xxhash, aiohttp and httpx are taken
+# from it. Add a name here if yours lacks more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEST=${DEST:-.gpu-wheels}
 PY_VERSION=${PY_VERSION:-3.12}
 CUDA_LIB=${CUDA_LIB:-cuda130}  # libbitsandbytes_<this>.so is kept; match the GPU machine's torch.version.cuda
-UNSLOTH_VERSION=$(sed -n 's/^UNSLOTH_VERSION := //p' Makefile)
+LOCK=locks/train-image.txt
 
-WHEELS=(
-  "unsloth==${UNSLOTH_VERSION}" "unsloth_zoo==${UNSLOTH_VERSION}"
-  trl==1.15.0 peft==0.21.2 datasets==4.8.5 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.2.0
-  bitsandbytes==0.50.2 torchao==0.18.0 cut_cross_entropy==25.1.1 msgspec==0.22.0 hf_transfer==0.1.9
-  pydantic==2.14.4 pydantic_core==2.50.5 pydantic-settings==2.16.3 annotated-types==0.8.0
-  typing-inspection==0.4.5 python-dotenv==1.2.4
+NAMES=(
+  unsloth unsloth-zoo trl peft datasets dill multiprocess fsspec bitsandbytes torchao cut-cross-entropy
+  msgspec hf-transfer pydantic pydantic-core pydantic-settings annotated-types typing-inspection python-dotenv
 )
+WHEELS=()
+for name in "${NAMES[@]}"; do
+  pin=$(grep -m1 -E "^${name}==" "$LOCK" | sed 's/ .*//') || { echo "gpu_wheels.sh: $name is not in $LOCK" >&2; exit 1; }
+  WHEELS+=("$pin")
+done
 
 rm -rf "$DEST"
 mkdir -p "$DEST"

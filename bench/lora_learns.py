@@ -7,12 +7,12 @@ same public APIs the training program uses (TRL SFTTrainer + PEFT LoRA, transfor
 
     python -m bench.lora_learns [--steps 80] [--lr 3e-3] [--lora-r 8] [--full]
 
-Measured 2026-11-28 on a 2-core box shared with other jobs (so wall times are loose), BUILD_VERSION 3:
-- build: 301,536 params, 1.2 MB on disk, 150 pre-training steps in ~26 CPU s (35-50 s wall under load);
-  a cache hit returns in 0.2 s.
-- LoRA r=8, 80 steps x 8 rows, lr 3e-3: held-out assistant-token loss 8.56 -> 2.31 (-73%), training
-  4-9 s; the same for seeds 0-2; 60 steps at 2e-3: -71%; 100 steps at 5e-3: -74%; r=16: -74%;
-  full fine-tune at 2e-3: 8.56 -> 1.77 (-79%).
+Measured on a 2-core box shared with other jobs (so wall times are loose), BUILD_VERSION 4 (width 128,
+every layer a multiple of 64 wide so 4-bit QLoRA runs on every bitsandbytes path):
+- build: 426,624 params, 1.7 MB on disk, 150 pre-training steps in ~34 CPU s; a cache hit returns in 0.2 s.
+- LoRA r=8, 80 steps x 8 rows, lr 3e-3: held-out assistant-token loss 7.64 -> 2.40 (-69%), training 7 s.
+  (BUILD_VERSION 3, width 96: 8.56 -> 2.31, -73%; 60 steps at 2e-3: -71%; 100 steps at 5e-3: -74%;
+  full fine-tune at 2e-3: -79%.)
 - Greedy exact match stays 0%: the adapter learns the answer format, the words and when to stop
   ("reverse: bear, dog, goat, car" -> "6" before, "sear, white, white, white" after), not the order.
 - With space-separated answers (the format of the pre-training's sibling tasks) the drop depended on

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from sqlalchemy import Engine
@@ -67,7 +67,7 @@ BackendDep = Annotated[BaseTrainerBackend, Depends(_backend)]
 StoreDep = Annotated[ObjectStore, Depends(_store)]
 OutboundDep = Annotated[OutboundPolicy, Depends(_outbound)]
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 422, 503)}
 router = APIRouter(responses=ERRORS)
 
 

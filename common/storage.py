@@ -22,6 +22,7 @@ Guarantees both schemes share, because callers rely on them:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import shutil
@@ -129,7 +130,7 @@ def _iter_chunks(source: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:
     if read is not None:
         yield from iter(lambda: read(CHUNK_SIZE), b"")
     else:
-        yield from source  # type: ignore[misc]
+        yield from source
 
 
 def _limited(chunks: Iterator[bytes], max_bytes: int | None, uri: str) -> Iterator[bytes]:
@@ -460,7 +461,7 @@ class ObjectStore:
             raise StorageError(f"listed object {uri!r} is not under {prefix_uri!r}")
         return path[len(prefix) :]
 
-    def _file_list(self, prefix_uri: str) -> list[ObjectInfo]:
+    def _file_list(self, prefix_uri: str) -> builtins.list[ObjectInfo]:
         root = self.settings.storage_root.resolve()
         top = self.local_path(prefix_uri)
         if not top.is_dir():
@@ -623,7 +624,7 @@ class ObjectStore:
             resp = self._client().upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
         return {"PartNumber": number, "ETag": resp["ETag"]}
 
-    def _s3_list(self, prefix_uri: str, bucket: str, key: str) -> list[ObjectInfo]:
+    def _s3_list(self, prefix_uri: str, bucket: str, key: str) -> builtins.list[ObjectInfo]:
         prefix = key if not key or key.endswith("/") else key + "/"
         infos = []
         with self._s3_errors(prefix_uri, "list"):

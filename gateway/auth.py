@@ -91,7 +91,7 @@ def create_key(
     }
     with tx(engine) as conn:
         db.insert_key(conn, row)
-        return _public(db.key_by_hash(conn, row["key_hash"])), key
+        return _public(db.key_by_hash(conn, str(row["key_hash"]))), key
 
 
 def list_keys(engine: Engine, workspace_id: str | None = None) -> list[ApiKeyPublic]:

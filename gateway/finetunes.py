@@ -194,7 +194,7 @@ def update(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneUpdate) 
             raise Conflict(f"finetune '{finetune_id}' is {status.value}; cancel it before attaching new datasets")
         _check_dataset(conn, body.training_dataset_id, who.workspace_id, "training")
         _check_dataset(conn, body.validation_dataset_id, who.workspace_id, "validation")
-        values = {
+        values: dict[str, Any] = {
             "training_dataset_id": body.training_dataset_id, "validation_dataset_id": body.validation_dataset_id,
             "validation": None, "validation_run": None, "validation_claimed_by": None, "job_id": None,
             "start_claimed_at": None, "override_model": None, "progress": {}, "metrics": {}, "error": None,
@@ -395,7 +395,7 @@ def _mirror(conn: Connection, finetune_id: str, job: dict[str, Any]) -> None:
     job_id = job.get("id")
     values = _job_values(job)
     try:
-        to = FS(job.get("status"))
+        to = FS(str(job.get("status")))
     except ValueError:
         log.warning("finetune %s: job %s has an unknown status %r", finetune_id, job_id, job.get("status"))
         return

@@ -139,26 +139,28 @@ def test_copy_sources_exist_and_reach_the_build_context(dockerfile: tuple[str, l
             assert top not in ignored, f"{name}: COPY {src} is excluded by .dockerignore"
 
 
+IMAGE_LOCKS = {API_IMAGE: ["api-image"], TRAIN_IMAGE: ["train-image", "smollm2"]}
+
+
 def test_installs_match_pyproject(dockerfile: tuple[str, list[tuple[str, str]]]) -> None:
+    """Each image installs its lock files (hashes checked, nothing resolved), then the project without deps."""
+    from locks.compile import ALL
+
     name, instrs = dockerfile
     runs = " ".join(args for kw, args in instrs if kw == "RUN")
-    extras = PYPROJECT["project"]["optional-dependencies"]
-    installs = re.findall(r"pip install (?:-c constraints\.txt )?[\"']?\.(\[[a-z,]+\])?[\"']?", runs)
-    assert len(installs) == 1, f"{name}: installs the project {len(installs)} times"
-    chosen = set(filter(None, installs[0].strip("[]").split(",")))
-    assert chosen <= set(extras), f"{name}: extras {chosen - set(extras)} are not in pyproject.toml"
-    assert "-c constraints.txt" in runs, f"{name}: installs without constraints.txt"
+    locks = re.findall(r"pip install --no-deps --require-hashes -r locks/([a-z0-9-]+)\.txt", runs)
+    assert locks == IMAGE_LOCKS[name], f"{name}: installs the locks {locks}"
+    assert not re.search(r"pip install (?!--no-deps)", runs), f"{name}: a pip install that resolves dependencies"
+    projects = re.findall(r"pip install --no-deps --no-build-isolation \.(?:\s|$)", runs)
+    assert len(projects) == 1, f"{name}: installs the project {len(projects)} times"
+    lock = next(lock for lock in ALL if lock.name == locks[0])
     if name == API_IMAGE:
-        assert chosen == set(), f"{name}: the API image installs API dependencies only"
+        assert lock.extras == () and lock.python == "3.11", f"{name}: the API image installs API dependencies only"
         assert not any(d.split("[")[0].startswith(("torch", "transformers")) for d in PYPROJECT["project"]["dependencies"])
+        from_python = re.search(r"^python:(3\.\d+)", next(a for kw, a in instrs if kw == "FROM"))
+        assert from_python and from_python.group(1) == lock.python, f"{name}: base Python differs from its lock"
     else:
-        expected = {"train"} | ({"unsloth"} if "unsloth" in extras else set())
-        assert chosen == expected, f"{name}: the training image installs {chosen}, expected {expected}"
-        pins = dict(re.findall(r"ARG ([A-Z_]+)=(\S+)", "\n".join(f"{kw} {a}" for kw, a in instrs)))
-        constraint = re.search(r"^torch==(\S+)", (REPO / "constraints.txt").read_text(), re.M)
-        assert constraint and pins["TORCH_VERSION"] == constraint.group(1), "torch differs from constraints.txt"
-        if "unsloth" not in extras:
-            assert 'unsloth==${UNSLOTH_VERSION}' in runs
+        assert lock.extras == ("train",) and "unsloth.in" in lock.sources
     minimum = re.search(r">=\s*3\.(\d+)", PYPROJECT["project"]["requires-python"])
     assert minimum
     for kw, args in instrs:

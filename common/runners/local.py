@@ -147,8 +147,8 @@ class LocalRunner(JobRunner):
         from common.runners.base import Active
 
         minutes = (row["request"].get("resources") or {}).get("max_duration_minutes", 720)
-        started = row["started_at"]
-        elapsed = (db.utcnow() - db.aware(started)).total_seconds() if started else 0.0
+        started = db.aware(row["started_at"])
+        elapsed = (db.utcnow() - started).total_seconds() if started else 0.0
         return Active(row["id"], handle, time.monotonic() + minutes * 60 - elapsed)
 
     # ----------------------------------------------------------------- logs

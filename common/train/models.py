@@ -11,12 +11,15 @@ API processes load.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import Unprocessable
 from common.schemas import Method, Precision, TrainingRequest
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -175,10 +178,15 @@ def load_causal_lm(request: TrainingRequest, source: ModelSource, work_dir: Path
         merged.save_pretrained(path)
         kwargs["revision"] = None
         del merged
-    if quantize:
-        kwargs["quantization_config"] = bnb_config(request)
-        kwargs["device_map"] = _quantized_device_map()
     try:
+        if quantize:
+            from common.train.quant_shapes import skip_modules
+
+            skip, unfit = skip_modules(path, revision=kwargs["revision"], token=source.token)
+            for name, reason in unfit.items():
+                log.warning("qlora: %s stays in full precision (%s)", name, reason)
+            kwargs["quantization_config"] = bnb_config(request, skip)
+            kwargs["device_map"] = _quantized_device_map()
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load model {source.reference or path}: {_first_line(e)}") from e
@@ -213,8 +221,9 @@ def _merge_adapters(source: ModelSource, dtype: torch.dtype) -> PreTrainedModel:
     return model
 
 
-def bnb_config(request: TrainingRequest) -> Any:
-    """4-bit BitsAndBytesConfig from ``customization.qlora``.
+def bnb_config(request: TrainingRequest, skip: list[str] | None = None) -> Any:
+    """4-bit BitsAndBytesConfig from ``customization.qlora``; ``skip``: modules kept in full precision
+    (``common.train.quant_shapes.skip_modules``; None: transformers' default, the output head).
 
     Raises:
         ModelLoadError: bitsandbytes is not installed.
@@ -235,6 +244,7 @@ def bnb_config(request: TrainingRequest) -> Any:
         bnb_4bit_quant_type=q.bnb_4bit_quant_type,
         bnb_4bit_compute_dtype=compute,
         bnb_4bit_use_double_quant=q.use_double_quant,
+        llm_int8_skip_modules=skip,
     )
 
 

@@ -33,16 +33,25 @@ PROBE_TIMEOUT_S = 180.0  # `import unsloth` on a busy 2-core box takes ~20 s; le
 
 
 def bnb_4bit_runs() -> None:
-    """Quantize and dequantize a small matrix to nf4 on the device jobs train on."""
-    import bitsandbytes.functional as bnb_f
+    """A 4-bit layer as a QLoRA job uses it: quantized on the job's device (nf4, fp32 compute), a
+    training step (forward and backward to the input, as LoRA needs) and an evaluation forward
+    without gradients, which on CPUs with AVX-512 BF16 repacks the weight for bitsandbytes' fused kernel."""
+    import bitsandbytes as bnb
     import torch
 
+    from common.train.quant_shapes import BLOCKSIZE
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    weight = torch.randn(64, 64, device=device)
-    packed, state = bnb_f.quantize_4bit(weight, quant_type="nf4")
-    restored = bnb_f.dequantize_4bit(packed, state)
-    if restored.shape != weight.shape or not torch.isfinite(restored).all():
-        raise RuntimeError(f"bitsandbytes 4-bit round trip on {device} gave garbage")
+    layer = bnb.nn.Linear4bit(2 * BLOCKSIZE, BLOCKSIZE, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer = layer.to(device)  # quantizes
+    x = torch.randn(4, 2 * BLOCKSIZE, device=device, requires_grad=True)
+    layer.train()
+    layer(x).pow(2).mean().backward()
+    layer.eval()
+    with torch.no_grad():
+        y = layer(x.detach())
+    if y.shape != (4, BLOCKSIZE) or x.grad is None or not (torch.isfinite(y).all() and torch.isfinite(x.grad).all()):
+        raise RuntimeError(f"bitsandbytes 4-bit layer on {device} gave garbage")
 
 
 def unsloth_loads() -> None:

@@ -21,7 +21,7 @@ from gateway import datasets
 from gateway.auth import Principal
 from gateway.deps import Auth, GatewayDep, Limit, Offset
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
 
 def _form_fields() -> dict[str, dict[str, Any]]:
     """DatasetCreate's fields as multipart text parts: the same constraints as the JSON route, written once."""

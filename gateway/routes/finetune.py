@@ -1,6 +1,6 @@
 """/v1/finetune (and, with the internal Auth, /v1/dataservice/finetune): thin routes over gateway.finetunes."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
 
@@ -22,7 +22,7 @@ from gateway import finetunes
 from gateway.auth import Principal
 from gateway.deps import Auth, GatewayDep, Limit, Offset
 
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 502, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 502, 503)}
 
 
 def build_router(auth: Auth, tag: str = "finetune") -> APIRouter:

@@ -5,7 +5,6 @@ three steps per backend). The real run needs a CUDA GPU and is skipped without o
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,20 +91,23 @@ def test_report_table_and_ratio() -> None:
     assert "FAILED (exit 1): boom" in failed
 
 
-def test_carried_versions_match_the_unsloth_environment_and_image() -> None:
-    """The GPU machine gets the versions .venv-unsloth and the training image run (one environment)."""
-    make_pin = re.search(r"^UNSLOTH_VERSION := (\S+)", (REPO / "Makefile").read_text(), re.M)
-    image_pin = re.search(r"^ARG UNSLOTH_VERSION=(\S+)", (REPO / "docker" / "train.Dockerfile").read_text(), re.M)
-    assert make_pin and image_pin and make_pin.group(1) == image_pin.group(1)
-    pins = dict(re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s\"]*)", (REPO / "bench" / "gpu_wheels.sh").read_text()))
+def test_carried_versions_come_from_the_locks() -> None:
+    """The GPU check runs the versions of the training image, which .venv-unsloth shares (one environment)."""
+    from locks.compile import LOCKS, pins
+
+    script = (REPO / "bench" / "gpu_wheels.sh").read_text()
+    assert "==" not in script.split("NAMES=(")[1].split(")")[0], "gpu_wheels.sh takes versions from the lock"
+    names = script.split("NAMES=(")[1].split(")")[0].split()
+    image, local = pins(LOCKS / "train-image.txt"), pins(LOCKS / "unsloth.txt")
+    assert names and all(n in image for n in names)
+    assert {n: image[n] for n in names} == {n: local[n] for n in names}
     venv = REPO / ".venv-unsloth" / "bin" / "python"
     if not venv.exists():
         pytest.skip("no .venv-unsloth to compare with (make unsloth-env)")
     code = "import json, importlib.metadata as m, sys; print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
-    names = [n for n in pins if not n.startswith("unsloth")]
     installed = json.loads(subprocess.run([str(venv), "-c", code, *names], capture_output=True, text=True,
                                           check=True).stdout)
-    assert {n: pins[n] for n in names} == installed
+    assert {n: image[n] for n in names} == installed
 
 
 @pytest.mark.slow
@@ -127,7 +129,7 @@ def test_cpu_smoke_runs_every_backend(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (run bench/gpu_check.sh on the GPU machine)")
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (bench/gpu_check.sh runs the check on one)")
 def test_gpu_check_on_a_gpu(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--json", str(out)],
