@@ -97,7 +97,7 @@ def check_references(store: ObjectStore, outbound: OutboundPolicy, request: Trai
                 modelrefs.check_resolved(ref, store.settings, store, field=field)
             except modelrefs.ModelRefused as e:
                 problems.append(str(e.detail))
-    uris = [(f"datasets[{i}].source", ds.source) for i, ds in enumerate(request.datasets)]
+    uris: list[tuple[str, str | None]] = [(f"datasets[{i}].source", ds.source) for i, ds in enumerate(request.datasets)]
     uris += [("artifacts.output_uri", request.artifacts.output_uri), ("artifacts.log_uri", request.artifacts.log_uri)]
     for field, uri in uris:
         if uri is not None:

@@ -42,7 +42,7 @@ async def _resolve(gw: Gateway, who: Principal, model_id: str) -> ServedModel:
     return await run_in_threadpool(models.resolve_for_inference, gw, who.workspace_id, model_id)
 
 
-async def _generate(path: str, body: ChatCompletionRequest | CompletionRequest, who: Principal, gw: Gateway):  # type: ignore[no-untyped-def]
+async def _generate(path: str, body: ChatCompletionRequest | CompletionRequest, who: Principal, gw: Gateway):
     served = await _resolve(gw, who, body.model)
     if body.stream:
         chunks = await gw.inference.stream(path, body, served, who.workspace_id)
@@ -54,13 +54,13 @@ async def _generate(path: str, body: ChatCompletionRequest | CompletionRequest, 
 async def chat_completions(body: ChatCompletionRequest, who: Writer, gw: GatewayDep) -> ChatCompletion | StreamingResponse:
     """OpenAI chat completions with a base model or a fine-tuned one (`ft:<finetune id>`); `stream: true`
     answers with server-sent events ending in `data: [DONE]`."""
-    return await _generate("/v1/chat/completions", body, who, gw)  # type: ignore[no-any-return]
+    return await _generate("/v1/chat/completions", body, who, gw)
 
 
 @openai.post("/completions", response_model=Completion)
 async def completions(body: CompletionRequest, who: Writer, gw: GatewayDep) -> Completion | StreamingResponse:
     """OpenAI text completions (one prompt)."""
-    return await _generate("/v1/completions", body, who, gw)  # type: ignore[no-any-return]
+    return await _generate("/v1/completions", body, who, gw)
 
 
 @router.post("/playground/generate", response_model=PlaygroundResult)

@@ -97,11 +97,11 @@ class InferenceServing:
         if not body.stream:
             text = "".join([t async for t in run.texts()])
             reason = run.finished.finish_reason if run.finished else "stop"
-            choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)  # type: ignore[arg-type]
+            choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)
             return ChatCompletion(id=rid, created=created, model=body.model, choices=[choice], usage=run.usage())
 
         def chunk(delta: Delta, reason: str | None = None) -> bytes:
-            choice = ChunkChoice(delta=delta, finish_reason=reason)  # type: ignore[arg-type]
+            choice = ChunkChoice(delta=delta, finish_reason=reason)
             return _sse(ChatCompletionChunk(id=rid, created=created, model=body.model, choices=[choice]).model_dump_json())
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -120,7 +120,7 @@ class InferenceServing:
         rid, created = new_id("cmpl"), now()
 
         def completion(text: str, reason: str | None, usage: Usage | None = None, choices: bool = True) -> Completion:
-            choice = [CompletionChoice(text=text, finish_reason=reason)] if choices else []  # type: ignore[arg-type]
+            choice = [CompletionChoice(text=text, finish_reason=reason)] if choices else []
             return Completion(id=rid, created=created, model=body.model, choices=choice, usage=usage)
 
         if not body.stream:
