@@ -17,8 +17,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from common import logredact, secretbox
 from common.db import make_engine
 from common.errors import install_handlers
+from common.service_auth import check_service_token
 from common.settings import Settings, get_settings
 from common.storage import ObjectStore
 from common.version import VERSION
@@ -45,6 +47,9 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         auth.check_secrets(settings)
+        check_service_token(settings, "the gateway (its calls to the trainer services)")
+        box = secretbox.from_settings(settings)
+        logredact.install()
         engine = make_engine(settings.database_url)
         db.init_db(engine)
         auth.seed_admin_key(engine, settings)
@@ -53,7 +58,7 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
             upload_secret = secrets.token_bytes(32)
         else:
             upload_secret = settings.upload_signing_secret.get_secret_value().encode()
-        gw = Gateway(settings, engine, ObjectStore(settings), TrainerClient(settings), upload_secret)
+        gw = Gateway(settings, engine, ObjectStore(settings), TrainerClient(settings), upload_secret, box)
         validation = ValidationWorker(gw, settings.validation_workers)
         gw.wake_validation = validation.wake
         refresher = Refresher(gw, settings.refresh_interval_seconds)

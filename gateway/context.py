@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from common.secretbox import SecretBox
 from common.settings import Settings
 from common.storage import ObjectStore
 from gateway.trainers import TrainerClient
@@ -19,6 +20,7 @@ class Gateway:
     store: ObjectStore
     trainers: TrainerClient
     upload_secret: bytes
+    box: SecretBox  # seals the secret columns (finetunes.secrets)
     wake_validation: Callable[[], None] = field(default=lambda: None)
 
     @property

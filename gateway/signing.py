@@ -2,8 +2,10 @@
 
 The signature is HMAC-SHA256 over the method, the dataset id, the object key the upload lands at
 and the expiry, keyed by TRAINYARD_UPLOAD_SIGNING_SECRET. The URL itself is the credential (like an
-S3 presigned URL): no API key is needed to use it, and changing any part of it, or using it after
-``expires``, gets 403. With s3:// storage the gateway hands out S3's own presigned PUT instead.
+S3 presigned URL): no API key is needed to use it, and changing any part of it, using it after
+``expires``, or using it again after an upload succeeded gets 403 (``gateway.datasets.upload_signed``
+records each used signature). With s3:// storage the gateway hands out S3's own presigned PUT
+instead (short-lived, not single-use). Logs never show the query string (``common.logredact``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ class SignatureInvalid(Forbidden):
 
 class SignatureExpired(Forbidden):
     error = "signature_expired"
+
+
+class SignatureUsed(Forbidden):
+    error = "signature_used"
 
 
 def sign(secret: bytes, dataset_id: str, key: str, expires: int) -> str:
