@@ -25,7 +25,7 @@ from tests.gateway.helpers import (
     wait_finetune,
 )
 from tests.s3 import DUMMY_KEY_ID, DUMMY_SECRET, make_bucket
-from tests.utils.server import Server
+from tests.utils.server import Server, service_headers
 
 
 def s3_env(endpoint: str, bucket: str) -> dict[str, str]:
@@ -102,7 +102,7 @@ def test_full_flow_on_s3_with_cancel_rerun_and_a_gateway_restart(
             assert validate(c, other)["status"] == "pk_dataset_validation_successfull"
             other_job = ok(c.post(f"/v1/finetune/{other}/start"))["job_id"]
             assert ok(c.post(f"/v1/finetune/{other}/cancel"))["status"] == "cancelled"
-            assert httpx.get(f"{svc.url}/jobs/{other_job}").json()["status"] == "cancelled"
+            assert httpx.get(f"{svc.url}/jobs/{other_job}", headers=service_headers()).json()["status"] == "cancelled"
             err(c.post(f"/v1/finetune/{other}/cancel"), 409)
 
         # 4. the gateway restarts while the job trains; the new process mirrors it from the database
@@ -121,7 +121,7 @@ def test_full_flow_on_s3_with_cancel_rerun_and_a_gateway_restart(
                 o["Key"] for o in listing["Contents"]}
 
             # the trainer got the request the gateway built: labels, mapped hyperparameters
-            job = httpx.get(f"{svc.url}/jobs/{job_id}").json()
+            job = httpx.get(f"{svc.url}/jobs/{job_id}", headers=service_headers()).json()
             assert job["labels"] == {"workspace": "default", "project": "proj1", "finetune": finetune_id}
             assert job["request"]["customization"]["rank"] == 8
             assert job["request"]["tuning_parameters"]["max_steps"] == 12
