@@ -200,7 +200,8 @@ def autoattach(gw: Gateway, conn: Connection, row: RowMapping) -> RowMapping:
 
 
 def upload_signed(
-    gw: Gateway, dataset_id: str, expires: int, sig: str, chunks: Iterable[bytes], content_length: int | None
+    gw: Gateway, dataset_id: str, expires: int, sig: str, chunks: Iterable[bytes], content_length: int | None,
+    nonce: str = "",
 ) -> DatasetPublic:
     """Store the body of a PUT to a signed upload URL as the dataset's file, then attach it.
 
@@ -211,7 +212,7 @@ def upload_signed(
             row = db.get_dataset(conn, dataset_id, None)
         except NotFound as e:  # unauthenticated callers learn nothing about which ids exist
             raise signing.SignatureInvalid("the upload URL's signature does not match; request a new URL") from e
-    signing.verify(gw.upload_secret, dataset_id, row["target_key"], expires, sig)
+    signing.verify(gw.upload_secret, dataset_id, row["target_key"], expires, sig, nonce)
     sig_hash = hashlib.sha256(sig.encode()).hexdigest()
     with tx(gw.engine) as conn:  # single use: claimed before the body is read, so two racing PUTs cannot both land
         if not db.claim_upload_url(conn, sig_hash, dataset_id, datetime.fromtimestamp(expires, UTC)):

@@ -1,7 +1,7 @@
-"""Signed upload URLs for file:// storage: ``PUT /v1/uploads/{dataset_id}?expires=<unix>&sig=<hmac>``.
+"""Signed upload URLs for file:// storage: ``PUT /v1/uploads/{dataset_id}?expires=<unix>&nonce=<random>&sig=<hmac>``.
 
-The signature is HMAC-SHA256 over the method, the dataset id, the object key the upload lands at
-and the expiry, keyed by TRAINYARD_UPLOAD_SIGNING_SECRET. The URL itself is the credential (like an
+The signature is HMAC-SHA256 over the method, the dataset id, the object key the upload lands at,
+the expiry and a random nonce (so every URL handed out is a different, single-use credential), keyed by TRAINYARD_UPLOAD_SIGNING_SECRET. The URL itself is the credential (like an
 S3 presigned URL): no API key is needed to use it, and changing any part of it, using it after
 ``expires``, or using it again after an upload succeeded gets 403 (``gateway.datasets.upload_signed``
 records each used signature). With s3:// storage the gateway hands out S3's own presigned PUT
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
 from urllib.parse import urlencode
 
@@ -30,21 +31,24 @@ class SignatureUsed(Forbidden):
     error = "signature_used"
 
 
-def sign(secret: bytes, dataset_id: str, key: str, expires: int) -> str:
-    msg = f"PUT\n{dataset_id}\n{key}\n{expires}".encode()
+def sign(secret: bytes, dataset_id: str, key: str, expires: int, nonce: str = "") -> str:
+    msg = f"PUT\n{dataset_id}\n{key}\n{expires}".encode() + (f"\n{nonce}".encode() if nonce else b"")
     return hmac.new(secret, msg, hashlib.sha256).hexdigest()
 
 
 def upload_url(base_url: str, secret: bytes, dataset_id: str, key: str, ttl_seconds: int) -> tuple[str, int]:
     """(URL, expiry as unix seconds)."""
     expires = int(time.time()) + ttl_seconds
-    query = urlencode({"expires": expires, "sig": sign(secret, dataset_id, key, expires)})
+    nonce = secrets.token_hex(8)
+    query = urlencode({"expires": expires, "nonce": nonce, "sig": sign(secret, dataset_id, key, expires, nonce)})
     return f"{base_url.rstrip('/')}/v1/uploads/{dataset_id}?{query}", expires
 
 
-def verify(secret: bytes, dataset_id: str, key: str, expires: int, sig: str, *, now: float | None = None) -> None:
+def verify(
+    secret: bytes, dataset_id: str, key: str, expires: int, sig: str, nonce: str = "", *, now: float | None = None
+) -> None:
     """Raises: SignatureInvalid (any part changed), SignatureExpired (valid but too late)."""
-    expected = sign(secret, dataset_id, key, expires)
+    expected = sign(secret, dataset_id, key, expires, nonce)
     if not hmac.compare_digest(expected, sig):
         raise SignatureInvalid("the upload URL's signature does not match; request a new URL")
     if (now if now is not None else time.time()) > expires:
