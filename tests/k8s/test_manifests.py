@@ -21,7 +21,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from common.runners.kubernetes import SECRET_ENV_KEYS, build_job, build_job_secret, job_name
+from common.runners.kubernetes import SECRETS_KEY, build_job, build_job_secret, job_name
 from common.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,8 +265,8 @@ def test_network_policies_keep_internal_ports_internal(rendered: dict[str, list[
 
 ROW = {"id": "job-0123456789ab", "backend": "huggingface", "spec_uri": "s3://bucket/jobs/job-0123456789ab/spec.json",
        "labels": {"workspace": "ws-1"}, "request": {"resources": {"gpus": 1, "cpus": 4, "memory_gb": 16}}}
-ENV = {"TRAINYARD_JOB_ID": "job-0123456789ab", "TRAINYARD_PROGRESS_URL": "http://svc:8081/internal/jobs/x/reports",
-       "TRAINYARD_PROGRESS_TOKEN": "tok-XYZZY", "TRAINYARD_JOB_SECRETS": '{"huggingface_token": "hf_XYZZY"}',
+SECRETS = json.dumps({"secrets": {"huggingface_token": "hf_XYZZY"}, "progress_token": "tok-XYZZY"})
+ENV = {"TRAINYARD_JOB_ID": "job-0123456789ab", "TRAINYARD_PROGRESS_URL": "http://svc:9081/internal/jobs/x/reports",
        "TRAINYARD_STORAGE_URL": "s3://bucket"}
 
 
@@ -294,12 +294,12 @@ def test_every_job_the_runner_builds_validates(resources: dict[str, Any], job_id
     job = build_job(settings, row, ENV, replica="svc-0:1")
     body = as_dict(job)
     validate(body)
-    secret = as_dict(build_job_secret(settings, job, ENV, owner_uid="0c7f0e7e-0000-4000-8000-000000000000"))
+    secret = as_dict(build_job_secret(settings, job, SECRETS, owner_uid="0c7f0e7e-0000-4000-8000-000000000000"))
     validate(secret)
     assert secret["metadata"]["ownerReferences"][0]["name"] == body["metadata"]["name"] == job_name(job_id)
     assert len(body["metadata"]["name"]) <= 63
     assert "XYZZY" not in json.dumps(body)
-    assert set(secret["stringData"]) == set(SECRET_ENV_KEYS)
+    assert secret["stringData"] == {SECRETS_KEY: SECRETS}
     pod = body["spec"]["template"]["spec"]
     [ctr] = pod["containers"]
     gpus = resources.get("gpus", 0)
