@@ -195,7 +195,12 @@ def test_deployments_are_replicated_probed_and_non_root(rendered: dict[str, list
         ctr = deployments[f"trainyard-{backend}"]["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e.get("value") for e in ctr["env"]}
         assert env["TRAINYARD_PORT"] == str(port) and env["TRAINYARD_BACKEND"] == backend
-        assert env["TRAINYARD_PUBLIC_URL"] == f"http://trainyard-{backend}.trainyard.svc:{port}"
+        assert env["TRAINYARD_PUBLIC_URL"] == f"http://trainyard-{backend}.trainyard.svc:{port + 1000}"
+        assert env["TRAINYARD_REPORT_PORT"] == str(port + 1000)
+        assert {"secretRef": {"name": "trainyard-service"}} in ctr["envFrom"]
+    for component in ("gateway", "gateway-internal"):
+        ctr = deployments[f"trainyard-{component}"]["spec"]["template"]["spec"]["containers"][0]
+        assert {"secretRef": {"name": "trainyard-service"}} in ctr["envFrom"]
         assert deployments[f"trainyard-{backend}"]["spec"]["template"]["spec"]["serviceAccountName"] == "trainyard-runner"
     # each Deployment's `trainyard serve <component>` command: tests/test_dockerfiles.py
     for component in ("gateway", "gateway-internal"):
@@ -249,9 +254,13 @@ def test_network_policies_keep_internal_ports_internal(rendered: dict[str, list[
     assert open_to_all == [{"protocol": "TCP", "port": 8080}], "only the gateway's public port is open to all"
     trainers = policies["trainyard-trainers"]["spec"]
     assert trainers["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "trainer"}
-    [rule] = trainers["ingress"]
-    [peer] = rule["from"]
-    assert peer["podSelector"]["matchExpressions"][0]["values"] == ["gateway", "gateway-internal", "training-job"]
+    gateways, jobs = trainers["ingress"]
+    [peer] = gateways["from"]
+    assert peer["podSelector"]["matchExpressions"][0]["values"] == ["gateway", "gateway-internal"]
+    assert [p["port"] for p in gateways["ports"]] == [8081, 8082, 8083]
+    [peer] = jobs["from"]
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "training-job"}
+    assert [p["port"] for p in jobs["ports"]] == [9081, 9082, 9083], "training pods reach the report ports only"
     internal = policies["trainyard-gateway-internal"]["spec"]
     assert internal["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "gateway-internal"}
     assert [p["port"] for r in internal["ingress"] for p in r["ports"]] == [8090]
