@@ -17,6 +17,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from common.errors import ServiceUnavailable
 from common.settings import VAR_DIR, Settings
 
 log = logging.getLogger("trainyard.secretbox")
@@ -26,8 +27,11 @@ DEV_KEY_FILE = VAR_DIR / "run" / "secret-key"
 FIELD = "fernet"
 
 
-class SecretsUnreadable(RuntimeError):
-    """A stored secret that none of the configured keys opens (a key was dropped too early)."""
+class SecretsUnreadable(ServiceUnavailable):
+    """A stored secret that none of the configured keys opens (a key was dropped too early): the
+    deployment's keys need fixing, the request was fine."""
+
+    error = "secrets_unreadable"
 
 
 class SecretBox:

@@ -151,12 +151,12 @@ def info(backend: BackendDep, runner: RunnerDep) -> BackendInfo:
     )
 
 
-def create_report_app(name: str = "trainer") -> FastAPI:
+def create_report_app(name: str = "") -> FastAPI:
     """The job-facing app: progress reports (per-job token) and /health, nothing else.
 
     The service's lifespan serves it on the report port with ``state.engine`` set."""
     app = FastAPI(
-        title=f"Trainyard {name} trainer: job reports",
+        title=f"Trainyard {name + ' ' if name else ''}trainer: job reports",
         version=VERSION,
         description="The only routes training jobs may call, on a port of their own; each report carries the "
         "job's own token.",
