@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import Engine, Table, select, update
 
 from common.errors import ServiceUnavailable
 from common.settings import VAR_DIR, Settings
@@ -67,6 +68,17 @@ class SecretBox:
     def reseal(self, stored: dict[str, Any] | None) -> dict[str, Any]:
         """``stored`` encrypted under the first key (rotation)."""
         return self.seal(self.open(stored))
+
+
+def reseal_table(engine: Engine, table: Table, box: SecretBox) -> int:
+    """Re-encrypt a table's ``secrets`` column under the box's first key (rotation); returns the rows
+    rewritten. Raises: SecretsUnreadable (a row no configured key opens; nothing is written)."""
+    with engine.begin() as conn:
+        rows = conn.execute(select(table.c.id, table.c.secrets)).all()
+        resealed = [(row_id, box.reseal(stored)) for row_id, stored in rows if stored]
+        for row_id, sealed in resealed:
+            conn.execute(update(table).where(table.c.id == row_id).values(secrets=sealed))
+    return len(resealed)
 
 
 def _dev_key(path: Path) -> bytes:
