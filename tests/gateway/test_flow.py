@@ -4,6 +4,7 @@ restart while the job trains."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -90,8 +91,8 @@ def test_full_flow_on_s3_with_cancel_rerun_and_a_gateway_restart(
 
             # 3. start: the job runs on the HuggingFace service; its datasets are now in use
             ft = ok(c.post(f"/v1/finetune/{finetune_id}/start", json={}))
-            job_id = f"{finetune_id}-1"
-            assert ft["status"] in ("pending", "running") and ft["job_id"] == job_id
+            job_id = ft["job_id"]  # <finetune>-<attempt>-<random>: nobody can create it first
+            assert ft["status"] in ("pending", "running") and re.fullmatch(rf"{finetune_id}-1-[0-9a-f]{{16}}", job_id)
             err(c.delete(f"/v1/datasets/{ids['training']}"), 409)
             err(c.put(f"/v1/finetune/{finetune_id}", json=attach), 409)
             err(c.post(f"/v1/finetune/{finetune_id}/start"), 409)
@@ -143,7 +144,7 @@ def test_full_flow_on_s3_with_cancel_rerun_and_a_gateway_restart(
             assert ft["status"] == "created" and ft["job_id"] is None and ft["progress"]["step"] == 0
             assert validate(c, other)["status"] == "pk_dataset_validation_successfull"
             ft = ok(c.post(f"/v1/finetune/{other}/start", json={"override_model": str(tiny_model)}))
-            assert ft["job_id"] == f"{other}-2" and ft["override_model"] == str(tiny_model)
+            assert ft["job_id"].startswith(f"{other}-2-") and ft["override_model"] == str(tiny_model)
             assert ok(c.post(f"/v1/finetune/{other}/cancel"))["status"] == "cancelled"
             assert [f["id"] for f in ok(c.get("/v1/finetune", params={"status": "cancelled"}))] == [other]
 
