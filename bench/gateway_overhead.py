@@ -90,7 +90,7 @@ def measure(gw: Server, svc: Server, finetune_id: str, job_id: str, n: int) -> N
     targets = {
         "gateway GET /v1/finetune/{id}": (httpx.Client(base_url=gw.url, headers={"x-portkey-api-key": KEY}),
                                          f"/v1/finetune/{finetune_id}"),
-        "service GET /jobs/{id}": (httpx.Client(base_url=svc.url), f"/jobs/{job_id}"),
+        "service GET /jobs/{id}": (svc.client(), f"/jobs/{job_id}"),
     }
     times: dict[str, list[float]] = {name: [] for name in targets}
     for _ in range(50):  # warm up connections, caches and the thread pools

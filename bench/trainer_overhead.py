@@ -110,7 +110,7 @@ def main() -> None:
            "TRAINYARD_LOG_DIR": str(work / "logs")}
     plain, service = [], []
     with Server("services.huggingface.app:app", env, log_path=work / "service.log") as srv, \
-            httpx.Client(base_url=srv.url, timeout=30) as c:
+            srv.client(timeout=30) as c:
         plain_run(model, data, 5)  # warm the page cache for both sides
         for i in range(args.rounds):  # interleaved so drift hits both sides alike
             plain.append(plain_run(model, data, args.steps))

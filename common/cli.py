@@ -4,6 +4,7 @@
     trainyard keys create --workspace acme --name ci --scope completions.write
     trainyard keys list [--workspace acme]
     trainyard keys revoke key-0123456789ab
+    trainyard secrets rotate          # re-encrypt secret columns under the first TRAINYARD_SECRET_KEYS key
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int)
     _add_key_commands(sub)
+    secrets_cmd = sub.add_parser("secrets", help="secret columns at rest (docs/security.md)")
+    secrets_cmd.add_argument("action", choices=["rotate"],
+                             help="re-encrypt every stored secret under the first key of TRAINYARD_SECRET_KEYS")
     args = parser.parse_args(argv)
 
     if args.cmd == "keys":
         _keys(args)
+    elif args.cmd == "secrets":
+        _rotate_secrets()
     elif args.cmd == "serve":
         import uvicorn
 
@@ -57,6 +63,27 @@ def _add_key_commands(sub: argparse._SubParsersAction) -> None:
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
     revoke = ksub.add_parser("revoke", help="revoke a key by id; it stops working at once")
     revoke.add_argument("key_id")
+
+
+def _rotate_secrets() -> None:
+    """After putting a new key first: rewrite every row with it, so the old keys can be dropped."""
+    import sys
+
+    from common import db, secretbox
+    from common.settings import get_settings
+    from gateway import db as gateway_db
+
+    settings = get_settings()
+    box = secretbox.from_settings(settings)
+    engine = db.make_engine(settings.database_url)
+    try:
+        for init, table in ((db.init_db, db.jobs), (gateway_db.init_db, gateway_db.finetunes)):
+            init(engine)
+            print(f"{table.name}: {secretbox.reseal_table(engine, table, box)} rows re-encrypted", file=sys.stderr)
+    except secretbox.SecretsUnreadable as e:
+        raise SystemExit(f"error: {e.detail}") from None
+    finally:
+        engine.dispose()
 
 
 def _keys(args: argparse.Namespace) -> None:

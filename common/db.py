@@ -97,7 +97,8 @@ jobs = Table(
     Column("backend", String(32), nullable=False, index=True),
     Column("status", String(16), nullable=False, index=True),
     Column("request", JSON, nullable=False),
-    Column("secrets", JSON, nullable=False, default=dict),  # never serialised to a response
+    Column("secrets", JSON, nullable=False, default=dict),  # sealed (common.secretbox); never in a response
+    Column("request_digest", String(64)),  # TrainingRequest.digest() of the request as submitted
     Column("progress", JSON, nullable=False, default=dict),
     Column("metrics", JSON, nullable=False, default=dict),
     Column("error", JSON, nullable=True),
@@ -155,6 +156,31 @@ def make_engine(url: str) -> Engine:
 
 def init_db(engine: Engine) -> None:
     metadata.create_all(engine)
+    add_missing_columns(engine, metadata)
+
+
+def add_missing_columns(engine: Engine, meta: MetaData) -> None:
+    """Add the nullable columns a newer version defines to tables an older one created
+    (``create_all`` creates missing tables only). Anything else needs a real migration."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.schema import CreateColumn
+
+    for table in meta.sorted_tables:
+        insp = inspect(engine)
+        if not insp.has_table(table.name):
+            continue
+        present = {c["name"] for c in insp.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable:
+                continue
+            ddl = CreateColumn(column).compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+            except DBAPIError:  # another process added it first
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
 
 
 @contextmanager
@@ -223,6 +249,7 @@ def job_public(row: RowMapping) -> JobPublic:
         runner=row["runner"],
         runner_ref=row["runner_ref"],
         request=row["request"] or {},
+        request_digest=row["request_digest"],
     )
 
 

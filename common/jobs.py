@@ -30,6 +30,7 @@ from common.schemas import (
     ProgressReport,
     TrainingRequest,
 )
+from common.secretbox import SecretBox, SecretsUnreadable
 from common.storage import ObjectStore
 from common.trainer import BaseTrainerBackend
 
@@ -49,6 +50,7 @@ def submit(
     backend.validate(request, runner=runner.name, store=store)
     _check_datasets_exist(store, request)
     job_id = request.ensure_id()
+    digest = request.digest()
     with db.tx(engine) as conn:  # fail fast on a duplicate before writing anything
         try:
             db.get_job_row(conn, job_id)
@@ -68,7 +70,8 @@ def submit(
                 "id": job_id,
                 "backend": backend.name,
                 "request": public,
-                "secrets": request.secrets(),
+                "secrets": runner.box.seal(request.secrets()),
+                "request_digest": digest,
                 "labels": request.labels,
                 "output_uri": output_uri,
                 "log_uri": log_uri,
@@ -155,7 +158,7 @@ def cancel(engine: Engine, runner: JobRunner, job_id: str, outbound: OutboundPol
     if not moved:  # it ended while we looked
         raise Conflict(f"job '{job_id}' already ended")
     runner.cancel(job_id)
-    notify_webhook(engine, job_id, outbound)
+    notify_webhook(engine, runner.box, job_id, outbound)
     return get(engine, job_id)
 
 
@@ -201,7 +204,7 @@ def report(engine: Engine, job_id: str, token: str, rep: ProgressReport) -> None
         db.add_event(conn, job_id, type_, rep.message or rep.type, level=rep.level, data=data)
 
 
-def notify_webhook(engine: Engine, job_id: str, outbound: OutboundPolicy) -> None:
+def notify_webhook(engine: Engine, box: SecretBox, job_id: str, outbound: OutboundPolicy) -> None:
     """POST the job to callbacks.webhook_url in the background (bounded, never raises); the URL
     passes the outbound policy again at send time."""
     with db.tx(engine) as conn:
@@ -210,7 +213,11 @@ def notify_webhook(engine: Engine, job_id: str, outbound: OutboundPolicy) -> Non
     if not url:
         return
     headers = {}
-    auth = (row["secrets"] or {}).get("webhook_auth_header")
+    try:
+        auth = box.open(row["secrets"]).get("webhook_auth_header")
+    except SecretsUnreadable:
+        log.warning("webhook for job %s not sent: its stored secrets cannot be decrypted", job_id)
+        return
     if auth:
         headers["Authorization"] = auth
     body = db.job_public(row).model_dump(mode="json", exclude={"request"})

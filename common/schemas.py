@@ -7,6 +7,8 @@ and write-only: ``public_request()`` strips them before anything is stored or sh
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import uuid
 from datetime import datetime
@@ -230,8 +232,16 @@ class TrainingRequest(Strict):
         data["callbacks"].pop("auth_header", None)
         return data
 
+    def digest(self) -> str:
+        """SHA-256 of the whole request, secrets included, in a canonical form: the gateway and the
+        service compute it alike, so the gateway adopts an existing job only when it is the one it
+        sent (``JobPublic.request_digest``)."""
+        canonical = json.dumps({"request": self.public_request(), "secrets": self.secrets()}, sort_keys=True,
+                               separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
     def secrets(self) -> dict[str, Any]:
-        """Only the secrets, for the job's environment (never for logs or responses)."""
+        """Only the secrets, for the job's secrets file (never for logs or responses)."""
         out: dict[str, Any] = {}
         bm = self.base_model
         if bm.auth_token:
@@ -320,6 +330,9 @@ class JobPublic(BaseModel):
     runner: str | None = Field(None, description="local | kubernetes")
     runner_ref: str | None = Field(None, description="host:pid (local) or the Kubernetes Job name.")
     request: dict[str, Any] = Field(default_factory=dict, description="The request, secrets removed.")
+    request_digest: str | None = Field(
+        None, description="SHA-256 of the request as submitted, secrets included (TrainingRequest.digest)."
+    )
 
 
 class JobsPublic(BaseModel):

@@ -2,19 +2,28 @@
 
 A service is ``create_service_app(SomeBackend())``: routes, persistence, storage and
 the runner are identical across backends; only ``BaseTrainerBackend`` differs.
+
+Two listeners, two audiences (docs/security.md):
+
+    main port     every route but /health takes the service token (the gateway's credential)
+    report port   POST /internal/jobs/{id}/reports with the job's own token, and /health:
+                  the only port training jobs may reach (settings.report_port)
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from sqlalchemy import Engine
 
-from common import db, jobs
+from common import db, jobs, logredact, secretbox
 from common.bodylimit import install_body_limit
 from common.errors import Unauthorized, install_handlers
 from common.outbound import OutboundPolicy
@@ -33,6 +42,7 @@ from common.schemas import (
     ProgressReport,
     TrainingRequest,
 )
+from common.service_auth import check_service_token, require_service_token, service_token_bytes
 from common.settings import Settings, get_settings
 from common.storage import ObjectStore
 from common.trainer import BaseTrainerBackend
@@ -68,7 +78,9 @@ StoreDep = Annotated[ObjectStore, Depends(_store)]
 OutboundDep = Annotated[OutboundPolicy, Depends(_outbound)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 422, 503)}
-router = APIRouter(responses=ERRORS)
+router = APIRouter(responses=ERRORS, dependencies=[Depends(require_service_token)])
+meta_router = APIRouter()  # /health: probes carry no credential
+report_router = APIRouter(responses={code: {"model": ErrorBody} for code in (401, 404, 422)})
 
 
 @router.post("/train", status_code=202, response_model=JobPublic, tags=["jobs"])
@@ -119,7 +131,7 @@ def cancel_job(job_id: str, engine: EngineDep, runner: RunnerDep, outbound: Outb
     return jobs.cancel(engine, runner, job_id, outbound)
 
 
-@router.post("/internal/jobs/{job_id}/reports", status_code=204, tags=["internal"])
+@report_router.post("/internal/jobs/{job_id}/reports", status_code=204, tags=["internal"])
 def job_report(
     job_id: str, body: ProgressReport, engine: EngineDep, authorization: Annotated[str | None, Header()] = None
 ) -> Response:
@@ -131,7 +143,7 @@ def job_report(
     return Response(status_code=204)
 
 
-@router.get("/health", response_model=Health, tags=["meta"])
+@meta_router.get("/health", response_model=Health, tags=["meta"])
 def health() -> Health:
     return Health(version=VERSION)
 
@@ -150,29 +162,82 @@ def info(backend: BackendDep, runner: RunnerDep) -> BackendInfo:
     )
 
 
+def create_report_app(name: str = "") -> FastAPI:
+    """The job-facing app: progress reports (per-job token) and /health, nothing else.
+
+    The service's lifespan serves it on the report port with ``state.engine`` set."""
+    app = FastAPI(
+        title=f"Trainyard {name + ' ' if name else ''}trainer: job reports",
+        version=VERSION,
+        description="The only routes training jobs may call, on a port of their own; each report carries the "
+        "job's own token.",
+    )
+    install_handlers(app)
+    install_body_limit(app, get_settings().max_request_bytes)
+    app.include_router(report_router)
+    app.include_router(meta_router)
+    return app
+
+
+class ReportListener:
+    """The report app on its own socket, served by a uvicorn server in a thread the lifespan owns.
+
+    The socket is bound in ``__init__`` so ``port`` is known (port 0 picks a free one) before the
+    runner hands jobs their report URL."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.port: int = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="info"))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="report-listener", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
 def create_service_app(backend: BaseTrainerBackend, settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    report_app = create_report_app(backend.name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_service_token(settings, f"the {backend.name} trainer service")
+        box = secretbox.from_settings(settings)
+        logredact.install()
+        app.state.service_token = service_token_bytes(settings)
         engine = db.make_engine(settings.database_url)
         db.init_db(engine)
         store = ObjectStore(settings)
         outbound = OutboundPolicy.from_settings(settings)
+        report_app.state.engine = engine
+        listener = ReportListener(report_app, settings.report_host, settings.report_port)
         runner = make_runner(
             RunnerDeps(engine, settings, store, backend.name,
-                       on_status=lambda jid: jobs.notify_webhook(engine, jid, outbound))
+                       on_status=lambda jid: jobs.notify_webhook(engine, box, jid, outbound),
+                       progress_base=settings.progress_base(listener.port), box=box)
         )
         app.state.engine, app.state.store, app.state.runner, app.state.backend = engine, store, runner, backend
         app.state.outbound = outbound
+        listener.start()
         runner.start()
         backend.start(runner.name)
-        log.info("%s service ready (runner=%s)", backend.name, runner.name)
+        log.info("%s service ready (runner=%s, job reports on port %d)", backend.name, runner.name, listener.port)
         try:
             yield
         finally:
             backend.stop()
             runner.stop()
+            listener.stop()
             engine.dispose()
 
     app = FastAPI(
@@ -184,4 +249,6 @@ def create_service_app(backend: BaseTrainerBackend, settings: Settings | None = 
     install_handlers(app)
     install_body_limit(app, settings.max_request_bytes)
     app.include_router(router)
+    app.include_router(meta_router)
+    app.state.report_app = report_app
     return app

@@ -69,11 +69,33 @@ class Settings(BaseSettings):
     )
 
     # this service's own address, as a job should reach it for progress reports
-    public_url: str = Field(default="", description="Base URL jobs POST progress to; default http://127.0.0.1:<port>.")
+    public_url: str = Field(
+        default="", description="Base URL jobs POST progress to (the report listener); default http://127.0.0.1:<report port>."
+    )
     port: int = Field(default=8081, description="Port this process listens on (used for the default public_url).")
 
     # service identity
     backend: str = Field(default="huggingface", description="Which backend this service runs.")
+
+    # ---------------------------------------------------------------- service credentials (docs/security.md)
+    service_token: SecretStr | None = Field(
+        default=None, description="TRAINYARD_SERVICE_TOKEN: the gateway's credential on every trainer-service route "
+        "but /health (Authorization: Bearer). A service without one refuses to start unless dev_mode is set."
+    )
+    dev_mode: bool = Field(
+        default=False, description="TRAINYARD_DEV_MODE=1: let a trainer service run without a service token "
+        "(any caller may use it). Never in a shared deployment."
+    )
+    report_host: str = Field(default="127.0.0.1", description="Interface of the job progress-report listener.")
+    report_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the job progress-report listener (the only port training "
+        "jobs may reach); 0: a free port chosen at start."
+    )
+    secret_keys: list[SecretStr] = Field(
+        default_factory=list, description="TRAINYARD_SECRET_KEYS: Fernet keys (JSON list) that encrypt secret "
+        "columns. The first encrypts, any decrypts: prepend a new key to rotate. Empty: a generated key file "
+        "under var/run (dev_mode only)."
+    )
 
     # ---------------------------------------------------------------- Kubernetes runner
     # Read by common/runners/kubernetes.py when TRAINYARD_RUNNER=kubernetes; k8s/base/configmap.yaml
@@ -147,7 +169,9 @@ class Settings(BaseSettings):
     upload_signing_secret: SecretStr | None = Field(
         default=None, description="HMAC key of gateway upload URLs; unset: a random per-process key (URLs die on restart)."
     )
-    upload_url_ttl_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600, description="Lifetime of a signed upload URL.")
+    upload_url_ttl_seconds: int = Field(
+        default=900, gt=0, le=24 * 3600, description="Lifetime of a signed upload URL (each URL also works only once)."
+    )
     max_upload_bytes: int = Field(default=5 * 1024**3, gt=0, description="Largest dataset file accepted by an upload URL.")
     max_direct_upload_bytes: int = Field(
         default=100 * 1024**2, gt=0, description="Largest file accepted by the multipart POST /v1/datasets/upload."
@@ -166,8 +190,9 @@ class Settings(BaseSettings):
                                       description="Local copies of adapters and exports in progress.")
     inference_threads: int = Field(default=0, ge=0, description="Torch CPU threads of the worker; 0: torch's default.")
 
-    def progress_base(self) -> str:
-        return (self.public_url or f"http://127.0.0.1:{self.port}").rstrip("/")
+    def progress_base(self, report_port: int | None = None) -> str:
+        """Where jobs send progress: public_url, else the report listener on this host."""
+        return (self.public_url or f"http://127.0.0.1:{report_port or self.report_port}").rstrip("/")
 
     def object_base(self) -> str:
         return self.storage_url.rstrip("/") if self.storage_url else self.storage_root.as_uri()
@@ -176,3 +201,10 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+# Environment names of the settings that are credentials (every SecretStr field): a process never
+# passes them on to a training job.
+SECRET_ENV = frozenset(
+    f"TRAINYARD_{name.upper()}" for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)
+)

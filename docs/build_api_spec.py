@@ -36,7 +36,8 @@ has them in one table.
 | --- | --- | --- | --- |
 | [Gateway](#gateway) | `gateway.app:app` | 8080 / Service `trainyard-gateway` | an API key: `x-portkey-api-key: <key>` or `Authorization: Bearer <key>`; writes need the `completions.write` scope, reads `completions.read` |
 | [Internal gateway](#internal-gateway-v1dataservice) | `gateway.app:internal_app` (also mounted on the gateway unless `TRAINYARD_GATEWAY_SERVE_INTERNAL=false`) | 8080 / Service `trainyard-gateway-internal` :8090, cluster-internal | `Authorization: Bearer <TRAINYARD_INTERNAL_TOKEN>` and `x-workspace-id: <workspace>` |
-| [Trainer service](#trainer-service) | `services.<backend>.app:app` (huggingface, unsloth, dpo: identical routes) | 8081, 8082, 8083 / Services `trainyard-<backend>` | none: cluster-internal, reached through the gateway; `/internal/jobs/{job_id}/reports` takes the job's own token |
+| [Trainer service](#trainer-service) | `services.<backend>.app:app` (huggingface, unsloth, dpo: identical routes) | 8081, 8082, 8083 / Services `trainyard-<backend>`, reachable from the gateways only | `Authorization: Bearer <TRAINYARD_SERVICE_TOKEN>` on every route but `/health` |
+| [Trainer service: job reports](#trainer-service-job-reports) | served by each trainer service on its report port (`TRAINYARD_REPORT_PORT`) | a free port / 9081, 9082, 9083, reachable from training pods only | `Authorization: Bearer <the job's own token>` (handed to the job in its secrets file) |
 
 Gateway success bodies are the contract's envelope: `{"success": true, "data": ...}`
 (`Envelope`), lists add `"count"` (`ListEnvelope`). Trainer services return their objects as is.
@@ -78,6 +79,7 @@ JOB_MEANING = {
 
 
 def apps() -> list[tuple[str, str, dict[str, Any]]]:
+    from common.service import create_report_app
     from common.settings import Settings
     from gateway.app import create_app
     from services.huggingface.app import app as service_app
@@ -89,6 +91,8 @@ def apps() -> list[tuple[str, str, dict[str, Any]]]:
          create_app(Settings(), public=False).openapi()),
         ("Trainer service", "One per backend; the gateway's backend. `POST /train` takes the shared training request.",
          service_app.openapi()),
+        ("Trainer service: job reports", "The only routes training jobs may call, on the service's report port.",
+         create_report_app().openapi()),
     ]
 
 

@@ -17,9 +17,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from common import logredact, secretbox
 from common.bodylimit import install_body_limit
 from common.db import make_engine
 from common.errors import install_handlers
+from common.service_auth import check_service_token
 from common.settings import Settings, get_settings
 from common.storage import ObjectStore
 from common.version import VERSION
@@ -49,6 +51,9 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         auth.check_secrets(settings)
+        check_service_token(settings, "the gateway (its calls to the trainer services)")
+        box = secretbox.from_settings(settings)
+        logredact.install()
         engine = make_engine(settings.database_url)
         db.init_db(engine)
         auth.seed_admin_key(engine, settings)
@@ -58,7 +63,7 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
         else:
             upload_secret = settings.upload_signing_secret.get_secret_value().encode()
         gw = Gateway(settings, engine, ObjectStore(settings), TrainerClient(settings), upload_secret,
-                     inference=InferenceClient(settings))
+                     inference=InferenceClient(settings), box=box)
         validation = ValidationWorker(gw, settings.validation_workers)
         gw.wake_validation = validation.wake
         refresher = Refresher(gw, settings.refresh_interval_seconds)

@@ -121,6 +121,15 @@ def seed_admin_key(engine: Engine, settings: Settings) -> None:
         log.warning("TRAINYARD_ADMIN_API_KEY is set but that key was revoked; it stays revoked")
 
 
+def is_admin(engine: Engine, settings: Settings, who: Principal) -> bool:
+    """Whether the caller uses the seeded admin key (TRAINYARD_ADMIN_API_KEY)."""
+    if settings.admin_api_key is None or who.key_id is None:
+        return False
+    with tx(engine) as conn:
+        row = db.key_by_hash(conn, hash_key(settings.admin_api_key.get_secret_value()))
+    return row is not None and row["id"] == who.key_id and row["revoked_at"] is None
+
+
 def check_secrets(settings: Settings) -> None:
     """Refuse to start with a placeholder or short secret (the name is reported, never the value).
 

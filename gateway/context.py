@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from common.secretbox import SecretBox
 from common.settings import Settings
 from common.storage import ObjectStore
 from gateway.inference import InferenceClient
@@ -21,6 +22,7 @@ class Gateway:
     trainers: TrainerClient
     upload_secret: bytes
     inference: InferenceClient
+    box: SecretBox  # seals the secret columns (finetunes.secrets)
     wake_validation: Callable[[], None] = field(default=lambda: None)
 
     @property

@@ -9,6 +9,7 @@ multipart ``POST /v1/datasets/upload``; both stream to storage with a size limit
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import uuid
@@ -201,19 +202,30 @@ def autoattach(gw: Gateway, conn: Connection, row: RowMapping) -> RowMapping:
 
 
 def upload_signed(
-    gw: Gateway, dataset_id: str, expires: int, sig: str, chunks: Iterable[bytes], content_length: int | None
+    gw: Gateway, dataset_id: str, expires: int, sig: str, chunks: Iterable[bytes], content_length: int | None,
+    nonce: str = "",
 ) -> DatasetPublic:
     """Store the body of a PUT to a signed upload URL as the dataset's file, then attach it.
 
-    Raises: Forbidden (bad or expired signature, or no such dataset), PayloadTooLarge (nothing is stored),
+    Raises: Forbidden (bad, expired or used signature, or no such dataset), PayloadTooLarge (nothing is stored),
     Conflict (a finetune is using the dataset)."""
     with tx(gw.engine) as conn:
         try:
             row = db.get_dataset(conn, dataset_id, None)
         except NotFound as e:  # unauthenticated callers learn nothing about which ids exist
             raise signing.SignatureInvalid("the upload URL's signature does not match; request a new URL") from e
-    signing.verify(gw.upload_secret, dataset_id, row["target_key"], expires, sig)
-    return _store_and_attach(gw, row, chunks, content_length, gw.settings.max_upload_bytes)
+    signing.verify(gw.upload_secret, dataset_id, row["target_key"], expires, sig, nonce)
+    sig_hash = hashlib.sha256(sig.encode()).hexdigest()
+    with tx(gw.engine) as conn:  # single use: claimed before the body is read, so two racing PUTs cannot both land
+        if not db.claim_upload_url(conn, sig_hash, dataset_id, datetime.fromtimestamp(expires, UTC)):
+            raise signing.SignatureUsed("this upload URL was already used; request a new one "
+                                        f"(POST /v1/datasets/{dataset_id}/signed_url)")
+    try:
+        return _store_and_attach(gw, row, chunks, content_length, gw.settings.max_upload_bytes)
+    except Exception:
+        with tx(gw.engine) as conn:  # nothing was stored: the URL may be used again until it expires
+            db.release_upload_url(conn, sig_hash)
+        raise
 
 
 def upload_direct(

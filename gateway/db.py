@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError
 
 from common.db import aware, jsonable, move_status, utcnow
 from common.errors import NotFound
@@ -123,6 +124,15 @@ finetunes = Table(
     Column("finished_at", DateTime(timezone=True)),
 )
 Index("ix_finetunes_workspace_created", finetunes.c.workspace_id, finetunes.c.created_at)
+
+# Signed upload URLs already used (single use): the signature's SHA-256 until the URL would expire.
+used_upload_urls = Table(
+    "used_upload_urls",
+    metadata,
+    Column("sig_hash", String(64), primary_key=True),
+    Column("dataset_id", String(40), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
 
 finetune_events = Table(
     "finetune_events",
@@ -238,6 +248,22 @@ def finetunes_using(conn: Connection, dataset_id: str, statuses: frozenset[Finet
         finetunes.c.status.in_([s.value for s in statuses]),
     )
     return list(conn.execute(q).mappings())
+
+
+def claim_upload_url(conn: Connection, sig_hash: str, dataset_id: str, expires_at: datetime) -> bool:
+    """Mark a signed upload URL used; False when it was used before. Forgets URLs past their expiry."""
+    conn.execute(delete(used_upload_urls).where(used_upload_urls.c.expires_at < utcnow()))
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(used_upload_urls).values(sig_hash=sig_hash, dataset_id=dataset_id, expires_at=expires_at))
+    except IntegrityError:
+        return False
+    return True
+
+
+def release_upload_url(conn: Connection, sig_hash: str) -> None:
+    """An upload that stored nothing gives its URL back."""
+    conn.execute(delete(used_upload_urls).where(used_upload_urls.c.sig_hash == sig_hash))
 
 
 # --------------------------------------------------------------------------- finetunes

@@ -15,7 +15,9 @@ called, and only a job the service accepted moves the finetune to ``pending``.
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,6 +53,7 @@ log = logging.getLogger("trainyard.gateway.finetunes")
 FS = FinetuneStatus
 MIRROR_MAX_AGE = timedelta(seconds=1)  # a read of an active finetune asks the service at most this often
 READ_TIMEOUT = 2.0  # seconds a read waits for the service before answering from the database
+JOB_ID_RANDOM_BYTES = 8  # 64 random bits in every job id the gateway chooses
 
 
 def public(row: RowMapping) -> FinetunePublic:
@@ -87,7 +90,7 @@ def _training_request(
             log_uri=gw.store.default_uri(prefix, "logs", job_id),
             labels={"workspace": row["workspace_id"], "project": row["project_id"], "finetune": row["id"]},
             resources=Resources.model_validate(row["resources"]) if row["resources"] else None,
-            model_token=(row["secrets"] or {}).get("virtual_key"),
+            model_token=gw.box.open(row["secrets"]).get("virtual_key"),
         )
     except ValidationError as e:
         raise Unprocessable(
@@ -125,7 +128,7 @@ def create(gw: Gateway, who: Principal, body: FinetuneCreate) -> FinetuneCreated
         "model": body.model,
         "hyperparameters": body.hyperparameters.model_dump(mode="json", exclude_none=True),
         "resources": body.resources.model_dump(mode="json") if body.resources else None,
-        "secrets": {"virtual_key": body.virtual_key.get_secret_value()} if body.virtual_key else {},
+        "secrets": gw.box.seal({"virtual_key": body.virtual_key.get_secret_value()} if body.virtual_key else {}),
         "training_dataset_id": body.training_dataset_id,
         "validation_dataset_id": body.validation_dataset_id,
     }
@@ -269,7 +272,7 @@ def start(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneStart) ->
                                           attach_landed=False)
             if row["validation_dataset_id"] else None
         )
-        job_id = f"{finetune_id}-{row['attempts'] + 1}"
+        job_id = job_id_for(finetune_id, row["attempts"] + 1)
         field = "override_model" if body.override_model else "model"
         model = modelrefs.resolve(conn, gw.settings, body.override_model or row["model"], who.workspace_id, field=field)
         request = _training_request(gw, dict(row), job_id=job_id, model=model, train_uri=train["uri"],
@@ -282,7 +285,7 @@ def start(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneStart) ->
         if not claimed:
             raise Conflict(f"finetune '{finetune_id}' is already being started")
     payload = request.model_dump(mode="json")
-    token = (row["secrets"] or {}).get("virtual_key")
+    token = gw.box.open(row["secrets"]).get("virtual_key")
     if token:  # model_dump masks secrets; the service needs the value (it stores it write-only)
         payload["base_model"]["huggingface_token"] = token
     try:
@@ -291,12 +294,49 @@ def start(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneStart) ->
         # The service may or may not have the job: keep the claim, the refresher settles it.
         raise
     except Conflict:
-        job = gw.trainers.get_job(row["service"], job_id)  # an earlier try did create it
+        try:  # an earlier try of ours created it, or someone else did: only ours is adopted
+            job = adoptable(gw.trainers.get_job(row["service"], job_id), row, TrainingRequest.model_validate(payload))
+        except TrainyardError:
+            _release_start(gw, finetune_id, job_id)
+            raise
     except TrainyardError:
         _release_start(gw, finetune_id, job_id)
         raise
     _record_started(gw, finetune_id, job_id, job)
     return get(gw, who, finetune_id)
+
+
+def job_id_for(finetune_id: str, attempt: int) -> str:
+    """``<finetune>-<attempt>-<random>``: the random part makes the id unguessable, so nobody can
+    create a job under it on the trainer service before the gateway does."""
+    return f"{finetune_id}-{attempt}-{secrets.token_hex(JOB_ID_RANDOM_BYTES)}"
+
+
+def adoptable(job: dict[str, Any], row: RowMapping, sent: TrainingRequest) -> dict[str, Any]:
+    """The existing job with our id, if it is the one this gateway sent: same finetune, workspace and
+    project in its labels and the same request digest (secrets included). Anything else is a job
+    someone else created under that id, and using it would hand them this finetune.
+
+    Raises: Conflict (not ours)."""
+    ours = (
+        _labelled_for(job, row)
+        and isinstance(job.get("request_digest"), str)
+        and hmac.compare_digest(job["request_digest"], sent.digest())
+    )
+    if not ours:
+        log.warning("finetune %s: the %s service already holds a job %s that this gateway did not submit; "
+                    "not adopting it", row["id"], row["service"], job.get("id"))
+        raise Conflict(f"the trainer service already has a different job with id '{job.get('id')}'; "
+                       f"start finetune '{row['id']}' again")
+    return job
+
+
+def _labelled_for(job: dict[str, Any], row: RowMapping) -> bool:
+    labels = job.get("labels") or {}
+    return bool(
+        labels.get("workspace") == row["workspace_id"] and labels.get("project") == row["project_id"]
+        and labels.get("finetune") == row["id"]
+    )
 
 
 def _release_start(gw: Gateway, finetune_id: str, job_id: str) -> None:
@@ -334,6 +374,10 @@ def settle_start_claims(gw: Gateway, older_than: timedelta) -> None:
             continue
         except TrainyardError as e:
             log.info("finetune %s: cannot settle its start yet (%s)", row["id"], e.error)
+            continue
+        if not _labelled_for(job, row):  # the id is unguessable, but never adopt another's job
+            _release_start(gw, row["id"], row["job_id"])
+            log.warning("finetune %s: job %s on the service is not this finetune's; released", row["id"], row["job_id"])
             continue
         _record_started(gw, row["id"], row["job_id"], job)
 

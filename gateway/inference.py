@@ -19,6 +19,7 @@ import httpx
 from pydantic import BaseModel
 
 from common.errors import ServiceUnavailable, TrainyardError
+from common.service_auth import auth_header
 from common.settings import Settings
 from services.inference.protocol import ADAPTER_HEADER, BASE_MODEL_HEADER, CALLER_HEADER
 
@@ -56,6 +57,7 @@ class InferenceClient:
             base_url=self.url,
             timeout=httpx.Timeout(t, connect=3.0, pool=min(t, 30.0)),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            headers=auth_header(settings),  # the service credential, on every call
             transport=transport,
         )
 

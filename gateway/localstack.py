@@ -5,33 +5,39 @@ files in var/run and logs in var/logs.
     python -m gateway.localstack up | down | status
 
 ``up`` is idempotent (a running component is left alone) and waits until everything it started
-answers /health. A fresh checkout gets a random admin API key and upload-signing secret in
-var/run (unless TRAINYARD_ADMIN_API_KEY / TRAINYARD_UPLOAD_SIGNING_SECRET are set), so the demo
-and curl work without a manual step.
+answers /health. A fresh checkout gets a random admin API key, upload-signing secret, service token
+(the gateway's credential on the trainer services) and secret-column key in var/run (unless
+TRAINYARD_ADMIN_API_KEY / _UPLOAD_SIGNING_SECRET / _SERVICE_TOKEN / _SECRET_KEYS are set), each
+mode 0600, so the demo and curl work without a manual step.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from common.cli import DEFAULT_PORTS
+from common.secretbox import SecretBox
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = REPO / "var" / "run"
 LOG_DIR = REPO / "var" / "logs"
 COMPONENTS = ("huggingface", "unsloth", "dpo", "inference", "gateway")
 LOCAL_OUTBOUND_ALLOW = '["127.0.0.0/8", "::1/128"]'
-SECRETS = {"admin-key": "TRAINYARD_ADMIN_API_KEY", "upload-secret": "TRAINYARD_UPLOAD_SIGNING_SECRET"}
+SECRETS = {"admin-key": "TRAINYARD_ADMIN_API_KEY", "upload-secret": "TRAINYARD_UPLOAD_SIGNING_SECRET",
+           "service-token": "TRAINYARD_SERVICE_TOKEN"}
+SECRET_KEY_FILE = "secret-key"  # Fernet key of the secret columns, passed as TRAINYARD_SECRET_KEYS
 HEALTH_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
 
@@ -60,16 +66,21 @@ def _importable(component: str) -> bool:
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True).returncode == 0
 
 
+def _generated(path: Path, make: Callable[[], str]) -> str:
+    if not path.exists():
+        path.write_text(make() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def secret_env() -> dict[str, str]:
-    """The stack's admin key and upload secret: from the environment, else from var/run (created once)."""
+    """The stack's credentials: from the environment, else from var/run (created once)."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     env = {}
     for name, var in SECRETS.items():
-        path = RUN_DIR / name
-        if not os.environ.get(var) and not path.exists():
-            path.write_text("ty_" + secrets.token_urlsafe(32) + "\n")
-            path.chmod(0o600)
-        env[var] = os.environ.get(var) or path.read_text().strip()
+        env[var] = os.environ.get(var) or _generated(RUN_DIR / name, lambda: "ty_" + secrets.token_urlsafe(32))
+    keys_var = "TRAINYARD_SECRET_KEYS"
+    env[keys_var] = os.environ.get(keys_var) or json.dumps([_generated(RUN_DIR / SECRET_KEY_FILE, SecretBox.generate_key)])
     return env
 
 

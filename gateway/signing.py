@@ -1,15 +1,18 @@
-"""Signed upload URLs for file:// storage: ``PUT /v1/uploads/{dataset_id}?expires=<unix>&sig=<hmac>``.
+"""Signed upload URLs for file:// storage: ``PUT /v1/uploads/{dataset_id}?expires=<unix>&nonce=<random>&sig=<hmac>``.
 
-The signature is HMAC-SHA256 over the method, the dataset id, the object key the upload lands at
-and the expiry, keyed by TRAINYARD_UPLOAD_SIGNING_SECRET. The URL itself is the credential (like an
-S3 presigned URL): no API key is needed to use it, and changing any part of it, or using it after
-``expires``, gets 403. With s3:// storage the gateway hands out S3's own presigned PUT instead.
+The signature is HMAC-SHA256 over the method, the dataset id, the object key the upload lands at,
+the expiry and a random nonce (so every URL handed out is a different, single-use credential), keyed by TRAINYARD_UPLOAD_SIGNING_SECRET. The URL itself is the credential (like an
+S3 presigned URL): no API key is needed to use it, and changing any part of it, using it after
+``expires``, or using it again after an upload succeeded gets 403 (``gateway.datasets.upload_signed``
+records each used signature). With s3:// storage the gateway hands out S3's own presigned PUT
+instead (short-lived, not single-use). Logs never show the query string (``common.logredact``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
 from urllib.parse import urlencode
 
@@ -24,21 +27,28 @@ class SignatureExpired(Forbidden):
     error = "signature_expired"
 
 
-def sign(secret: bytes, dataset_id: str, key: str, expires: int) -> str:
-    msg = f"PUT\n{dataset_id}\n{key}\n{expires}".encode()
+class SignatureUsed(Forbidden):
+    error = "signature_used"
+
+
+def sign(secret: bytes, dataset_id: str, key: str, expires: int, nonce: str = "") -> str:
+    msg = f"PUT\n{dataset_id}\n{key}\n{expires}".encode() + (f"\n{nonce}".encode() if nonce else b"")
     return hmac.new(secret, msg, hashlib.sha256).hexdigest()
 
 
 def upload_url(base_url: str, secret: bytes, dataset_id: str, key: str, ttl_seconds: int) -> tuple[str, int]:
     """(URL, expiry as unix seconds)."""
     expires = int(time.time()) + ttl_seconds
-    query = urlencode({"expires": expires, "sig": sign(secret, dataset_id, key, expires)})
+    nonce = secrets.token_hex(8)
+    query = urlencode({"expires": expires, "nonce": nonce, "sig": sign(secret, dataset_id, key, expires, nonce)})
     return f"{base_url.rstrip('/')}/v1/uploads/{dataset_id}?{query}", expires
 
 
-def verify(secret: bytes, dataset_id: str, key: str, expires: int, sig: str, *, now: float | None = None) -> None:
+def verify(
+    secret: bytes, dataset_id: str, key: str, expires: int, sig: str, nonce: str = "", *, now: float | None = None
+) -> None:
     """Raises: SignatureInvalid (any part changed), SignatureExpired (valid but too late)."""
-    expected = sign(secret, dataset_id, key, expires)
+    expected = sign(secret, dataset_id, key, expires, nonce)
     # bytes, not str: compare_digest refuses non-ASCII str (a mangled ?sig= would be a 500)
     if not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "surrogatepass")):
         raise SignatureInvalid("the upload URL's signature does not match; request a new URL")

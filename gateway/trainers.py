@@ -24,6 +24,7 @@ from common.errors import (
     TrainyardError,
     Unprocessable,
 )
+from common.service_auth import auth_header
 from common.settings import Settings
 
 log = logging.getLogger("trainyard.gateway.trainers")
@@ -41,7 +42,8 @@ class ServiceNoAnswer(ServiceUnavailable):
 
 
 class TrainerClient:
-    """Calls ``POST /train``, ``GET /jobs/{id}``, ``POST /jobs/{id}/cancel`` and ``GET /jobs/{id}/logs``.
+    """Calls ``POST /train``, ``GET /jobs/{id}``, ``POST /jobs/{id}/cancel`` and ``GET /jobs/{id}/logs``
+    with the service token (``TRAINYARD_SERVICE_TOKEN``).
 
     Thread-safe (httpx.Client is); built once in the app lifespan, closed on shutdown."""
 
@@ -55,6 +57,7 @@ class TrainerClient:
         self.http = httpx.Client(
             timeout=httpx.Timeout(t, connect=min(t, 3.0), pool=min(t, 3.0)),
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+            headers=auth_header(settings),  # the service credential, on every call
             transport=transport,
         )
 
@@ -100,6 +103,10 @@ class TrainerClient:
             return body
         detail = body.get("detail") if isinstance(body, dict) else None
         detail = detail if detail is not None else f"HTTP {r.status_code}"
+        if r.status_code == 401:  # our credential, not the caller's: never a 401 to the user
+            log.error("the %s trainer service refused the service token (is TRAINYARD_SERVICE_TOKEN the same "
+                      "on both?)", service)
+            raise TrainerServiceError(f"the {service} trainer service refused the gateway's credentials")
         errors: dict[int, type[TrainyardError]] = {
             400: BadRequest, 404: NotFound, 409: Conflict, 422: Unprocessable,
         }

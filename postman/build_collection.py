@@ -41,6 +41,8 @@ VARIABLES = {  # name -> (default, description)
     "unsloth_url": ("http://localhost:8082", "Unsloth trainer service."),
     "dpo_url": ("http://localhost:8083", "DPO trainer service."),
     "api_key": ("", "A gateway API key (TRAINYARD_ADMIN_API_KEY or `trainyard keys create`)."),
+    "service_token": ("", "TRAINYARD_SERVICE_TOKEN, the gateway's credential on the trainer services "
+                      "(make up: var/run/service-token)."),
     "internal_token": ("", "TRAINYARD_INTERNAL_TOKEN, for /v1/dataservice."),
     "workspace": ("default", "Workspace the internal calls act on (x-workspace-id)."),
     "model": ("Qwen/Qwen2.5-0.5B-Instruct", "Base model of the finetunes and jobs (hub id, local path or URI)."),
@@ -97,9 +99,12 @@ def save(var: str, expr: str) -> str:
 
 def request(name: str, method: str, url: str, *, tests: list[str], headers: dict[str, str] | None = None,
             body: Any = None, raw: str | None = None, form: list[dict[str, str]] | None = None,
-            prerequest: list[str] | None = None, description: str = "") -> dict[str, Any]:
+            prerequest: list[str] | None = None, description: str = "",
+            auth: dict[str, Any] | None = None) -> dict[str, Any]:
     req: dict[str, Any] = {"method": method, "header": [{"key": k, "value": v} for k, v in (headers or {}).items()],
                            "url": url}
+    if auth is not None:
+        req["auth"] = auth
     if body is not None:
         req["header"].append({"key": "Content-Type", "value": "application/json"})
         req["body"] = {"mode": "raw", "raw": json.dumps(body, indent=2), "options": {"raw": {"language": "json"}}}
@@ -116,8 +121,18 @@ def request(name: str, method: str, url: str, *, tests: list[str], headers: dict
     return {"name": name, "event": events, "request": req}
 
 
-def folder(name: str, description: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"name": name, "description": description, "item": items}
+def folder(name: str, description: str, items: list[dict[str, Any]],
+           auth: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``auth`` applies to every request inside that sets none of its own."""
+    out: dict[str, Any] = {"name": name, "description": description, "item": items}
+    if auth is not None:
+        out["auth"] = auth
+    return out
+
+
+# What a caller of the trainer services presents; and no credential at all.
+SERVICE_AUTH = {"type": "bearer", "bearer": [{"key": "token", "value": "{{service_token}}", "type": "string"}]}
+NO_AUTH = {"type": "noauth"}
 
 
 def wait_for(name: str, url: str, headers: dict[str, str], *, until: str, outcome: list[str], tries: int = 240) -> dict[str, Any]:
@@ -307,9 +322,9 @@ def job_items() -> list[dict[str, Any]]:
             check("200", "pm.response.to.have.status(200)"),
             check("fields", "pm.expect(body).to.have.all.keys('job_id', 'logs', 'count')"),
         )),
-        request("Progress report with a wrong token", "POST", f"{base}/internal/jobs/{{{{job_id}}}}/reports",
-                headers={"Authorization": "Bearer not-the-job-token"}, body={"type": "progress"}, tests=error(401),
-                description="What the training program calls; it authenticates with its job's own token."),
+        request("List jobs without the service token", "GET", f"{base}/jobs", auth=NO_AUTH, tests=error(401),
+                description="Every route but /health takes TRAINYARD_SERVICE_TOKEN."),
+        request("Cancel job without the service token", "POST", f"{job}/cancel", auth=NO_AUTH, tests=error(401)),
         request("Cancel job", "POST", f"{job}/cancel", tests=js(
             check("200 cancelled", "pm.response.to.have.status(200); pm.expect(pm.response.json().status).to.eql('cancelled')"),
         )),
@@ -364,10 +379,11 @@ def build() -> tuple[dict[str, Any], dict[str, Any]]:
                     description="Takes a user API key, like on the public gateway."),
             *gateway_flow("internal", "{{dataservice_url}}", "/v1/dataservice", internal, "ds_"),
         ]),
-        folder("Trainer service: huggingface", "A trainer service's own API (the gateway calls it; so can you). "
-               "Every service has the same routes.", [*service_items("huggingface"), *job_items()]),
-        folder("Trainer service: unsloth", "Health and capabilities.", service_items("unsloth")),
-        folder("Trainer service: dpo", "Health and capabilities.", service_items("dpo")),
+        folder("Trainer service: huggingface", "A trainer service's own API (the gateway calls it with "
+               "TRAINYARD_SERVICE_TOKEN as a bearer token; so can an operator who holds it). Every service has the "
+               "same routes.", [*service_items("huggingface"), *job_items()], auth=SERVICE_AUTH),
+        folder("Trainer service: unsloth", "Health and capabilities.", service_items("unsloth"), auth=SERVICE_AUTH),
+        folder("Trainer service: dpo", "Health and capabilities.", service_items("dpo"), auth=SERVICE_AUTH),
         folder("Cleanup", "Delete the datasets the run created (their finetunes were cancelled).", [
             request("Delete dataset", "DELETE", "{{gateway_url}}/v1/datasets/{{dataset_id}}", headers=user, tests=ok()),
             request("Delete dataset (internal)", "DELETE", "{{dataservice_url}}/v1/dataservice/datasets/{{ds_dataset_id}}",

@@ -271,7 +271,12 @@ def test_compose_has_the_whole_stack(compose: dict[str, Any]) -> None:
     assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
 
 
-def test_compose_uses_real_settings_names(compose: dict[str, Any]) -> None:
+def _default(value: str) -> str:
+    """The value compose uses when the variable is unset: ``${NAME:-default}`` -> ``default``."""
+    return value[value.index(":-") + 2 : -1] if value.startswith("${") and ":-" in value else value
+
+
+def test_compose_uses_real_settings_names(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     configmap = yaml.safe_load((REPO / "k8s" / "base" / "configmap.yaml").read_text())["data"]
     for name, svc in compose["services"].items():
         env = svc.get("environment", {})
@@ -292,5 +297,11 @@ def test_compose_uses_real_settings_names(compose: dict[str, Any]) -> None:
         assert env["TRAINYARD_BACKEND"] == backend and env["TRAINYARD_PORT"] == str(port)
         # the training image: on the local runner the service trains in its own container
         assert svc["build"]["dockerfile"] == TRAIN_IMAGE
-        assert served(svc["command"]) == (backend, port) and f"{port}:{port}" in svc["ports"]
-        Settings(**{k.removeprefix("TRAINYARD_").lower(): v for k, v in env.items() if k.startswith("TRAINYARD_")})
+        # on the compose network only: the gateway reaches it with the service token (docs/security.md)
+        assert served(svc["command"]) == (backend, port) and "ports" not in svc and svc["expose"] == [str(port)]
+        assert env["TRAINYARD_SERVICE_TOKEN"] == gateway["environment"]["TRAINYARD_SERVICE_TOKEN"]
+        assert env["TRAINYARD_SECRET_KEYS"] == gateway["environment"]["TRAINYARD_SECRET_KEYS"]
+        for k, v in env.items():  # read as the container reads them: from its environment
+            if k.startswith("TRAINYARD_"):
+                monkeypatch.setenv(k, _default(v))
+        assert Settings().secret_keys and Settings().service_token is not None

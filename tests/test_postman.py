@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.utils.server import REPO, Server
+from tests.utils.server import REPO, SERVICE_TOKEN, Server
 
 POSTMAN = REPO / "postman"
 NEWMAN = shutil.which("newman") or str(POSTMAN / "node_modules" / ".bin" / "newman")
@@ -108,7 +108,7 @@ def test_newman_runs_the_collection_against_the_local_stack(
         services["gateway"] = gateway
         report = tmp_path / "newman.json"
         variables = {"gateway_url": gateway.url, "dataservice_url": gateway.url, "api_key": ADMIN_KEY,
-                     "internal_token": INTERNAL_TOKEN, "model": str(tiny_model),
+                     "internal_token": INTERNAL_TOKEN, "service_token": SERVICE_TOKEN, "model": str(tiny_model),
                      **{f"{b}_url": s.url for b, s in services.items() if b != "gateway"}}
         cmd = [NEWMAN, "run", str(POSTMAN / "trainer-apis.postman_collection.json"),
                "-e", str(POSTMAN / "trainer-apis.local.postman_environment.json"),

@@ -12,7 +12,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
@@ -39,7 +38,7 @@ def test_two_replicas_launch_each_job_exactly_once(pg_database: str, tmp_path: P
     ]
     for r in replicas:
         r.start()
-    clients = [httpx.Client(base_url=r.url, timeout=60) for r in replicas]
+    clients = [r.client(timeout=60) for r in replicas]
     try:
         requests = [training_request((objects / "no-such-model").as_uri(), (objects / "train.jsonl").as_uri())
                     for _ in range(JOBS)]

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import RowMapping
 
-from common import db
+from common import db, secretbox
 from common.errors import StorageError
 from common.exitcodes import describe
 from common.schemas import EventLevel, JobStatus
@@ -44,6 +44,8 @@ class RunnerDeps:
     store: ObjectStore
     backend: str
     on_status: Any = None  # callable(job_id) after a status change, e.g. webhooks
+    progress_base: str = ""  # where jobs report (the service's report listener); default settings.progress_base()
+    box: secretbox.SecretBox | None = None  # opens the jobs' secret column; default from settings
 
 
 @dataclass
@@ -70,6 +72,7 @@ class JobRunner(ABC):
         self.settings = deps.settings
         self.store = deps.store
         self.engine = deps.engine
+        self.box = deps.box or secretbox.from_settings(deps.settings)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self._active: dict[str, Active] = {}
         self._lock = threading.RLock()
@@ -148,9 +151,9 @@ class JobRunner(ABC):
         token = secrets.token_urlsafe(32)
         with db.tx(self.engine) as conn:
             row = db.get_job_row(conn, job_id)
-        env = self.job_env(row, token)
+        env = self.job_env(row)
         try:
-            handle, ref = self.launch(row, env)
+            handle, ref = self.launch(row, env, self.job_secrets(row, token))
         except Exception as e:
             log.exception("launch of %s failed", job_id)
             with db.tx(self.engine) as conn:
@@ -173,13 +176,12 @@ class JobRunner(ABC):
         self._active[job_id] = Active(job_id, handle, time.monotonic() + timedelta(minutes=minutes).total_seconds())
         self._notify(job_id)
 
-    def job_env(self, row: Any, token: str) -> dict[str, str]:
+    def job_env(self, row: Any) -> dict[str, str]:
+        """The job's plain environment: no secret (those go through ``job_secrets``)."""
         s = self.settings
         env = {
             "TRAINYARD_JOB_ID": row["id"],
             "TRAINYARD_PROGRESS_URL": f"{self.progress_base()}/internal/jobs/{row['id']}/reports",
-            "TRAINYARD_PROGRESS_TOKEN": token,
-            "TRAINYARD_JOB_SECRETS": json.dumps(row["secrets"] or {}),
             "TRAINYARD_STORAGE_ROOT": str(s.storage_root),
             "TRAINYARD_STORAGE_URL": s.storage_url,
             "TRAINYARD_S3_REGION": s.s3_region,
@@ -188,8 +190,13 @@ class JobRunner(ABC):
             env["TRAINYARD_S3_ENDPOINT_URL"] = s.s3_endpoint_url
         return env
 
+    def job_secrets(self, row: Any, token: str) -> str:
+        """The JSON a job reads once from its secrets file (``common.train.secrets_file``): the
+        request's secrets and its report token. Never put in an environment."""
+        return json.dumps({"secrets": self.box.open(row["secrets"]), "progress_token": token})
+
     def progress_base(self) -> str:
-        return self.settings.progress_base()
+        return self.deps.progress_base or self.settings.progress_base()
 
     # ----------------------------------------------------------------- outcomes
 
@@ -273,8 +280,9 @@ class JobRunner(ABC):
             ).mappings().all()
 
     @abstractmethod
-    def launch(self, row: Any, env: dict[str, str]) -> tuple[Any, str]:
-        """Start the training program; returns (handle, runner_ref)."""
+    def launch(self, row: Any, env: dict[str, str], secrets: str) -> tuple[Any, str]:
+        """Start the training program with ``env`` and hand it ``secrets`` (``job_secrets``) through
+        a file only its user may read (``common.jobsecrets``); returns (handle, runner_ref)."""
 
     @abstractmethod
     def poll(self, handle: Any) -> Exit | None:

@@ -9,8 +9,9 @@ says how a Job is built, read, deleted and logged::
     cancel     -> delete the Job with foreground propagation (pods, Secret go with it)
     restart    -> list Jobs by label, adopt the ones whose replica is gone
 
-Secrets never enter the Job spec: the request's secrets and the progress token live
-in a per-job Secret (``<job>-env``) read through ``secretKeyRef``; deployment-wide
+Secrets never enter the Job spec nor the pod's environment: the request's secrets and the
+progress token live in a per-job Secret (``<job>-env``) mounted read-only as the job's secrets
+file (``common.jobsecrets``, mode 0400 for the job's user and group); deployment-wide
 credentials (S3 keys, HF_TOKEN) come from the Secrets named by
 ``settings.k8s_job_env_secrets`` through ``envFrom``. The pod reports progress to
 ``settings.progress_base()``, the service's cluster URL, exactly as a local job does.
@@ -41,7 +42,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from common import db, exitcodes
+from common import db, exitcodes, jobsecrets
 from common.errors import RunnerError, StorageError
 from common.runners.base import Active, Exit, JobRunner, tail_lines
 from common.runners.local import _alive
@@ -59,8 +60,10 @@ MANAGED_LABELS = {
     "app.kubernetes.io/component": "training-job",
     "app.kubernetes.io/managed-by": "trainyard",
 }
-# Env the runner hands the program that must not appear in the Job spec.
-SECRET_ENV_KEYS = ("TRAINYARD_JOB_SECRETS", "TRAINYARD_PROGRESS_TOKEN")
+# Where the per-job Secret is mounted, and its one key: the job's secrets file.
+SECRETS_DIR = "/var/run/trainyard/job"
+SECRETS_KEY = "secrets.json"
+SECRETS_MODE = 0o400
 # Exit codes no retry can fix: the pod failure policy fails the Job at once.
 FAIL_FAST_EXIT_CODES = sorted({exitcodes.INVALID_INPUT, exitcodes.MODEL_LOAD, exitcodes.OOM})
 PULL_ERRORS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"})
@@ -126,8 +129,8 @@ def _memory(gb: float) -> str:
 def build_job(settings: Settings, row: Any, env: dict[str, str], *, replica: str = "") -> client.V1Job:
     """The batch/v1 Job for one claimed job row (``id``, ``backend``, ``request``, ``labels``, ``spec_uri``).
 
-    ``env`` is the runner's job environment; its secret entries become ``secretKeyRef``s
-    to the per-job Secret, never values.
+    ``env`` is the runner's plain job environment; the secrets come from the per-job Secret,
+    mounted as the job's secrets file.
 
     Raises: RunnerError when the request cannot be expressed as a Job (e.g. a gpu_type
     that is no valid node label value).
@@ -153,22 +156,15 @@ def build_job(settings: Settings, row: Any, env: dict[str, str], *, replica: str
             raise RunnerError(f"resources.gpu_type '{gpu_type}' of job '{job_id}' is not a valid node label value")
         node_selector[settings.k8s_gpu_type_label] = gpu_type
 
-    plain = {k: v for k, v in env.items() if k not in SECRET_ENV_KEYS}
+    plain = dict(env)
     plain.update({
+        jobsecrets.FILE_ENV: f"{SECRETS_DIR}/{SECRETS_KEY}",
         "TRAINYARD_RUNNER": "kubernetes",
         "TRAINYARD_WORK_DIR": f"{SCRATCH}/work",
         "HF_HOME": f"{SCRATCH}/hf",
         "PYTHONUNBUFFERED": "1",
     })
     env_vars = [client.V1EnvVar(name=k, value=v) for k, v in sorted(plain.items())]
-    env_vars += [
-        client.V1EnvVar(
-            name=k,
-            value_from=client.V1EnvVarSource(secret_key_ref=client.V1SecretKeySelector(name=secret_name(name), key=k)),
-        )
-        for k in SECRET_ENV_KEYS
-        if k in env
-    ]
     container = client.V1Container(
         name=CONTAINER,
         image=image_for(settings, backend),
@@ -180,6 +176,7 @@ def build_job(settings: Settings, row: Any, env: dict[str, str], *, replica: str
         volume_mounts=[
             client.V1VolumeMount(name="scratch", mount_path=SCRATCH),
             client.V1VolumeMount(name="dshm", mount_path="/dev/shm"),  # NCCL and dataloader workers need more than 64 MiB
+            client.V1VolumeMount(name="job-secrets", mount_path=SECRETS_DIR, read_only=True),
         ],
         security_context=client.V1SecurityContext(
             allow_privilege_escalation=False, capabilities=client.V1Capabilities(drop=["ALL"])
@@ -203,6 +200,13 @@ def build_job(settings: Settings, row: Any, env: dict[str, str], *, replica: str
             client.V1Volume(
                 name="dshm",
                 empty_dir=client.V1EmptyDirVolumeSource(medium="Memory", size_limit=_memory(max(1.0, memory_gb / 4))),
+            ),
+            client.V1Volume(
+                name="job-secrets",
+                secret=client.V1SecretVolumeSource(
+                    secret_name=secret_name(name), default_mode=SECRETS_MODE,
+                    items=[client.V1KeyToPath(key=SECRETS_KEY, path=SECRETS_KEY)],
+                ),
             ),
         ],
     )
@@ -245,10 +249,11 @@ def build_job(settings: Settings, row: Any, env: dict[str, str], *, replica: str
 
 
 def build_job_secret(
-    settings: Settings, job: client.V1Job, env: dict[str, str], owner_uid: str | None = None
+    settings: Settings, job: client.V1Job, secrets: str, owner_uid: str | None = None
 ) -> client.V1Secret:
-    """The per-job Secret the Job's ``secretKeyRef``s point at; owned by the Job when ``owner_uid``
-    is given, so deleting the Job (cancel, TTL) deletes it."""
+    """The per-job Secret mounted as the job's secrets file (``secrets``: the runner's
+    ``job_secrets`` JSON); owned by the Job when ``owner_uid`` is given, so deleting the Job
+    (cancel, TTL) deletes it."""
     owners = None
     if owner_uid:
         owners = [client.V1OwnerReference(api_version="batch/v1", kind="Job", name=job.metadata.name, uid=owner_uid)]
@@ -262,7 +267,7 @@ def build_job_secret(
             labels=dict(job.metadata.labels or {}),
             owner_references=owners,
         ),
-        string_data={k: env[k] for k in SECRET_ENV_KEYS if k in env},
+        string_data={SECRETS_KEY: secrets},
     )
 
 
@@ -324,9 +329,9 @@ class KubernetesRunner(JobRunner):
 
     # ----------------------------------------------------------------- launch
 
-    def launch(self, row: Any, env: dict[str, str]) -> tuple[K8sHandle, str]:
+    def launch(self, row: Any, env: dict[str, str], secrets: str) -> tuple[K8sHandle, str]:
         """Create the Job, then its Secret owned by it. Until the Secret exists the pod waits
-        in CreateContainerConfigError, which the kubelet retries; no pod runs without it.
+        for its volume, which the kubelet retries; no pod runs without it.
 
         Raises: RunnerError (API refused; a Job of that name exists already)."""
         job = build_job(self.settings, row, env, replica=self.replica)
@@ -339,7 +344,7 @@ class KubernetesRunner(JobRunner):
             raise _wrap(e, f"could not create Kubernetes Job {name} for job '{row['id']}'") from e
         try:
             self.core.create_namespaced_secret(
-                self.ns, build_job_secret(self.settings, job, env, created.metadata.uid), _request_timeout=self.timeout
+                self.ns, build_job_secret(self.settings, job, secrets, created.metadata.uid), _request_timeout=self.timeout
             )
         except ApiException as e:
             self._delete_job(name)

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import db
+from common import db, jobsecrets
 from common.errors import StorageError
 from common.runners.base import Exit, JobRunner, tail_lines
 from common.schemas import EventLevel, JobStatus
+from common.settings import SECRET_ENV
 
 log = logging.getLogger("trainyard.runner.local")
 
@@ -53,16 +54,25 @@ class LocalRunner(JobRunner):
     def exit_path(self, job_id: str) -> Path:
         return self.log_dir / f"{job_id}.exit"
 
+    def secrets_path(self, job_id: str) -> Path:
+        return self.log_dir / f"{job_id}.secrets.json"
+
     # ----------------------------------------------------------------- launch
 
-    def launch(self, row: Any, env: dict[str, str]) -> tuple[LocalHandle, str]:
+    def launch(self, row: Any, env: dict[str, str], secrets: str) -> tuple[LocalHandle, str]:
         job_id = row["id"]
         exit_file = self.exit_path(job_id)
         exit_file.unlink(missing_ok=True)
+        secrets_file = self.secrets_path(job_id)
+        jobsecrets.write(secrets_file, secrets)  # the job reads and removes it at start
         python = self.settings.python_executable or sys.executable
-        full_env = {**os.environ, **env, "TRAINYARD_EXIT_FILE": str(exit_file), "PYTHONUNBUFFERED": "1"}
+        inherited = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}  # the service's own credentials stay here
+        full_env = {
+            **inherited, **env, jobsecrets.FILE_ENV: str(secrets_file), "TRAINYARD_EXIT_FILE": str(exit_file),
+            "PYTHONUNBUFFERED": "1",
+        }
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-        with open(self.log_path(job_id), "ab") as logf:
+        with open(self.log_path(job_id), "ab") as logf, _removed_on_error(secrets_file):
             proc = subprocess.Popen(
                 ["sh", "-c", WRAPPER, "sh", python, "-m", "common.train", row["spec_uri"]],
                 stdout=logf,
@@ -77,10 +87,14 @@ class LocalRunner(JobRunner):
     def poll(self, handle: LocalHandle) -> Exit | None:
         if handle.proc is not None:
             rc = handle.proc.poll()
-            return None if rc is None else Exit(rc)
-        if _alive(handle.pid):
-            return None
-        return self._exit_from_file(handle.exit_file)
+            ended = None if rc is None else Exit(rc)
+        elif _alive(handle.pid):
+            ended = None
+        else:
+            ended = self._exit_from_file(handle.exit_file)
+        if ended is not None:  # a job that died before reading its secrets leaves no file behind
+            self.secrets_path(handle.job_id).unlink(missing_ok=True)
+        return ended
 
     def _exit_from_file(self, exit_file: Path) -> Exit:
         try:
@@ -90,6 +104,7 @@ class LocalRunner(JobRunner):
 
     def kill(self, handle: LocalHandle, *, grace: float) -> None:
         """SIGTERM the whole group, then SIGKILL whatever is left after `grace` seconds."""
+        self.secrets_path(handle.job_id).unlink(missing_ok=True)
         pgid = handle.pid
         _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -177,6 +192,15 @@ class LocalRunner(JobRunner):
                 self.store.put_file(self.store.join(log_uri, "train.log"), path)
         except Exception:  # the local file stays authoritative; a failed copy is only logged
             log.warning("could not copy the log of %s to its log_uri", job_id, exc_info=True)
+
+
+@contextlib.contextmanager
+def _removed_on_error(path: Path) -> Any:
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _alive(pid: int) -> bool:

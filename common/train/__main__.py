@@ -10,9 +10,10 @@ Spec (JSON at SPEC_URI)::
 
     {"job_id", "backend", "request": <TrainingRequest without secrets>, "output_uri", "log_uri"}
 
-Environment: TRAINYARD_JOB_SECRETS (JSON from ``TrainingRequest.secrets()``),
-TRAINYARD_PROGRESS_URL/_TOKEN (see reporting.py), TRAINYARD_WORK_DIR (optional
-scratch dir), plus the usual TRAINYARD_* settings for storage.
+Environment: TRAINYARD_JOB_SECRETS_FILE (the request's secrets and the report token,
+read and removed at start: ``common.jobsecrets``), TRAINYARD_PROGRESS_URL (see
+reporting.py), TRAINYARD_WORK_DIR (optional scratch dir), plus the usual TRAINYARD_*
+settings for storage.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from common import exitcodes
+from common import exitcodes, jobsecrets
 from common.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -50,7 +51,6 @@ from common.train.models import ModelLoadError
 from common.train.reporting import ProgressReporter, is_main_process
 from common.trainer import TrainContext, load_backend
 
-SECRETS_ENV = "TRAINYARD_JOB_SECRETS"
 ERROR_PREFIX = "trainyard: error: "
 
 
@@ -73,13 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     limit_threads_to_cpu_quota()
 
-    raw_secrets = os.environ.pop(SECRETS_ENV, "")  # popped: no child process or crash dump inherits them
-    redact = Redactor([raw_secrets, os.environ.get("TRAINYARD_PROGRESS_TOKEN", "")])
-    reporter = ProgressReporter.from_env()
+    # The secrets file is read and removed before anything else runs: no environment, child process
+    # or later reader of the disk sees the secrets.
+    try:
+        secrets, token = jobsecrets.take()
+        unreadable: jobsecrets.JobSecretsError | None = None
+    except jobsecrets.JobSecretsError as e:
+        secrets, token, unreadable = {}, "", e
+    redact = Redactor([token])
+    redact.add_values(secrets)
+    reporter = ProgressReporter.from_env(token)
     _install_sigterm(reporter)
     try:
-        secrets = parse_secrets(raw_secrets)
-        redact.add_values(secrets)
+        if unreadable is not None:
+            raise SpecError(str(unreadable))
         run(args.spec_uri, secrets, reporter)
         return exitcodes.OK
     except BaseException as e:  # noqa: BLE001 - this is the program's one exit point
@@ -151,19 +158,6 @@ def read_spec(store: ObjectStore, spec_uri: str) -> dict[str, Any]:
     return spec
 
 
-def parse_secrets(raw: str) -> dict[str, Any]:
-    """Raises: SpecError without echoing the content."""
-    if not raw.strip():
-        return {}
-    try:
-        secrets = json.loads(raw)
-    except ValueError:
-        raise SpecError(f"{SECRETS_ENV} is not valid JSON") from None
-    if not isinstance(secrets, dict):
-        raise SpecError(f"{SECRETS_ENV} must be a JSON object")
-    return secrets
-
-
 def build_request(public: dict[str, Any], secrets: dict[str, Any]) -> TrainingRequest:
     """The stored (secret-free) request plus the secrets from the environment, validated.
 
@@ -179,7 +173,7 @@ def build_request(public: dict[str, Any], secrets: dict[str, Any]) -> TrainingRe
         try:
             data["datasets"][int(idx)]["auth"] = auth
         except (KeyError, IndexError, TypeError, ValueError):
-            raise SpecError(f"{SECRETS_ENV}: dataset_auth names dataset {idx!r}, which the request lacks") from None
+            raise SpecError(f"job secrets: dataset_auth names dataset {idx!r}, which the request lacks") from None
     if secrets.get("webhook_auth_header"):
         data.setdefault("callbacks", {})["auth_header"] = secrets["webhook_auth_header"]
     try:

@@ -66,12 +66,9 @@ class ProgressReporter:
             self._err("TRAINYARD_PROGRESS_URL is not set; progress is printed only")
 
     @classmethod
-    def from_env(cls) -> ProgressReporter:
-        return cls(
-            os.environ.get("TRAINYARD_PROGRESS_URL"),
-            os.environ.get("TRAINYARD_PROGRESS_TOKEN"),
-            enabled=is_main_process(),
-        )
+    def from_env(cls, token: str | None) -> ProgressReporter:
+        """The URL comes from the environment; the token from the job's secrets file (never the environment)."""
+        return cls(os.environ.get("TRAINYARD_PROGRESS_URL"), token, enabled=is_main_process())
 
     # ------------------------------------------------------------ reports
 

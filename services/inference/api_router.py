@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from common.openai_errors import OPENAI_ERRORS, OpenAIRoute
 from common.schemas import ErrorBody, Health
+from common.service_auth import require_service_token
 from common.version import VERSION
 from services.inference.engine import ModelRef
 from services.inference.protocol import (
@@ -57,7 +58,7 @@ def _ref(model: str, ref: tuple[str | None, str | None]) -> ModelRef:
 
 
 health_router = APIRouter(tags=["meta"])
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_service_token)])  # the gateway's service credential
 openai = APIRouter(route_class=OpenAIRoute, responses=OPENAI_ERRORS, tags=["openai"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 409, 422, 503)}
 

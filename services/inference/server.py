@@ -8,7 +8,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from common import logredact
+from common.bodylimit import install_body_limit
 from common.errors import install_handlers
+from common.service_auth import check_service_token, service_token_bytes
 from common.settings import Settings, get_settings
 from common.version import VERSION
 from services.inference.api_router import health_router, router
@@ -23,6 +26,9 @@ def create_inference_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_service_token(settings, "the inference service")
+        app.state.service_token = service_token_bytes(settings)
+        logredact.install()
         engine = EngineClient(settings)
         engine.start()
         app.state.serving = InferenceServing(engine, settings)
@@ -40,6 +46,7 @@ def create_inference_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_handlers(app)
+    install_body_limit(app, settings.max_request_bytes)
     app.include_router(health_router)
     app.include_router(router)
     return app

@@ -4,6 +4,7 @@ restart while the job trains."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from tests.gateway.helpers import (
     wait_finetune,
 )
 from tests.s3 import DUMMY_KEY_ID, DUMMY_SECRET, make_bucket
-from tests.utils.server import Server
+from tests.utils.server import Server, service_headers
 
 
 def s3_env(endpoint: str, bucket: str) -> dict[str, str]:
@@ -90,8 +91,8 @@ def test_full_flow_on_s3_with_cancel_rerun_and_a_gateway_restart(
 
             # 3. start: the job runs on the HuggingFace service; its datasets are now in use
             ft = ok(c.post(f"/v1/finetune/{finetune_id}/start", json={}))
-            job_id = f"{finetune_id}-1"
-            assert ft["status"] in ("pending", "running") and ft["job_id"] == job_id
+            job_id = ft["job_id"]  # <finetune>-<attempt>-<random>: nobody can create it first
+            assert ft["status"] in ("pending", "running") and re.fullmatch(rf"{finetune_id}-1-[0-9a-f]{{16}}", job_id)
             err(c.delete(f"/v1/datasets/{ids['training']}"), 409)
             err(c.put(f"/v1/finetune/{finetune_id}", json=attach), 409)
             err(c.post(f"/v1/finetune/{finetune_id}/start"), 409)
@@ -102,7 +103,7 @@ def test_full_flow_on_s3_with_cancel_rerun_and_a_gateway_restart(
             assert validate(c, other)["status"] == "pk_dataset_validation_successfull"
             other_job = ok(c.post(f"/v1/finetune/{other}/start"))["job_id"]
             assert ok(c.post(f"/v1/finetune/{other}/cancel"))["status"] == "cancelled"
-            assert httpx.get(f"{svc.url}/jobs/{other_job}").json()["status"] == "cancelled"
+            assert httpx.get(f"{svc.url}/jobs/{other_job}", headers=service_headers()).json()["status"] == "cancelled"
             err(c.post(f"/v1/finetune/{other}/cancel"), 409)
 
         # 4. the gateway restarts while the job trains; the new process mirrors it from the database
@@ -121,7 +122,7 @@ def test_full_flow_on_s3_with_cancel_rerun_and_a_gateway_restart(
                 o["Key"] for o in listing["Contents"]}
 
             # the trainer got the request the gateway built: labels, mapped hyperparameters
-            job = httpx.get(f"{svc.url}/jobs/{job_id}").json()
+            job = httpx.get(f"{svc.url}/jobs/{job_id}", headers=service_headers()).json()
             assert job["labels"] == {"workspace": "default", "project": "proj1", "finetune": finetune_id}
             assert job["request"]["customization"]["rank"] == 8
             assert job["request"]["tuning_parameters"]["max_steps"] == 12
@@ -143,7 +144,7 @@ def test_full_flow_on_s3_with_cancel_rerun_and_a_gateway_restart(
             assert ft["status"] == "created" and ft["job_id"] is None and ft["progress"]["step"] == 0
             assert validate(c, other)["status"] == "pk_dataset_validation_successfull"
             ft = ok(c.post(f"/v1/finetune/{other}/start", json={"override_model": str(tiny_model)}))
-            assert ft["job_id"] == f"{other}-2" and ft["override_model"] == str(tiny_model)
+            assert ft["job_id"].startswith(f"{other}-2-") and ft["override_model"] == str(tiny_model)
             assert ok(c.post(f"/v1/finetune/{other}/cancel"))["status"] == "cancelled"
             assert [f["id"] for f in ok(c.get("/v1/finetune", params={"status": "cancelled"}))] == [other]
 

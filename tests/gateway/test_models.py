@@ -14,6 +14,7 @@ import openai
 import pytest
 from sqlalchemy import delete, select
 
+from common import secretbox
 from common.db import make_engine, tx
 from common.errors import Conflict, NotFound
 from common.schemas import Scope
@@ -56,7 +57,7 @@ def in_process_gateway(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setenv(name, value)
     settings = Settings()
     return Gateway(settings, make_engine(settings.database_url), ObjectStore(settings), TrainerClient(settings),
-                   upload_secret=b"-", inference=InferenceClient(settings))
+                   upload_secret=b"-", inference=InferenceClient(settings), box=secretbox.from_settings(settings))
 
 
 def test_a_finetune_registers_a_model_the_openai_client_lists_retrieves_and_deletes(

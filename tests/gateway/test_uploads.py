@@ -31,15 +31,17 @@ def test_signed_upload_url_refuses_tampered_expired_and_oversized_uploads(tenant
         assert len(data) < SHARED_MAX_UPLOAD_BYTES
 
         query = parse_qs(urlsplit(url).query)
-        expires, sig = int(query["expires"][0]), query["sig"][0]
+        expires, sig, nonce = int(query["expires"][0]), query["sig"][0], query["nonce"][0]
         tampered_sig = sig[:-1] + ("0" if sig[-1] != "0" else "1")
         err(httpx.put(_with_query(url, sig=tampered_sig), content=data), 403, "invalid_signature")
         err(httpx.put(_with_query(url, expires=expires + 3600), content=data), 403, "invalid_signature")
         err(httpx.put(url.replace(created["id"], other["id"]), content=data), 403, "invalid_signature")
         err(httpx.put(_with_query(url, sig=""), content=data), 403, "invalid_signature")
+        err(httpx.put(_with_query(url, nonce="0" * 16), content=data), 403, "invalid_signature")
         # correctly signed, but in the past: expired
         past = int(time.time()) - 10
-        expired = _with_query(url, expires=past, sig=sign(SIGNING_SECRET.encode(), created["id"], created["s3_path"], past))
+        expired = _with_query(url, expires=past,
+                              sig=sign(SIGNING_SECRET.encode(), created["id"], created["s3_path"], past, nonce))
         err(httpx.put(expired, content=data), 403, "signature_expired")
         # over the size limit, announced or streamed without a length: nothing is stored
         err(httpx.put(url, content=b"x" * 60000), 413, "payload_too_large")

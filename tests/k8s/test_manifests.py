@@ -21,7 +21,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from common.runners.kubernetes import SECRET_ENV_KEYS, build_job, build_job_secret, job_name
+from common.runners.kubernetes import SECRETS_KEY, build_job, build_job_secret, job_name
 from common.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,7 +208,12 @@ def test_deployments_are_replicated_probed_and_non_root(rendered: dict[str, list
         ctr = deployments[f"trainyard-{backend}"]["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e.get("value") for e in ctr["env"]}
         assert env["TRAINYARD_PORT"] == str(port) and env["TRAINYARD_BACKEND"] == backend
-        assert env["TRAINYARD_PUBLIC_URL"] == f"http://trainyard-{backend}.trainyard.svc:{port}"
+        assert env["TRAINYARD_PUBLIC_URL"] == f"http://trainyard-{backend}.trainyard.svc:{port + 1000}"
+        assert env["TRAINYARD_REPORT_PORT"] == str(port + 1000)
+        assert {"secretRef": {"name": "trainyard-service"}} in ctr["envFrom"]
+    for component in ("gateway", "gateway-internal"):
+        ctr = deployments[f"trainyard-{component}"]["spec"]["template"]["spec"]["containers"][0]
+        assert {"secretRef": {"name": "trainyard-service"}} in ctr["envFrom"]
         assert deployments[f"trainyard-{backend}"]["spec"]["template"]["spec"]["serviceAccountName"] == "trainyard-runner"
     # each Deployment's `trainyard serve <component>` command: tests/test_dockerfiles.py
     for component in ("gateway", "gateway-internal"):
@@ -262,9 +267,13 @@ def test_network_policies_keep_internal_ports_internal(rendered: dict[str, list[
     assert open_to_all == [{"protocol": "TCP", "port": 8080}], "only the gateway's public port is open to all"
     trainers = policies["trainyard-trainers"]["spec"]
     assert trainers["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "trainer"}
-    [rule] = trainers["ingress"]
-    [peer] = rule["from"]
-    assert peer["podSelector"]["matchExpressions"][0]["values"] == ["gateway", "gateway-internal", "training-job"]
+    gateways, jobs = trainers["ingress"]
+    [peer] = gateways["from"]
+    assert peer["podSelector"]["matchExpressions"][0]["values"] == ["gateway", "gateway-internal"]
+    assert [p["port"] for p in gateways["ports"]] == [8081, 8082, 8083]
+    [peer] = jobs["from"]
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "training-job"}
+    assert [p["port"] for p in jobs["ports"]] == [9081, 9082, 9083], "training pods reach the report ports only"
     internal = policies["trainyard-gateway-internal"]["spec"]
     assert internal["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "gateway-internal"}
     assert [p["port"] for r in internal["ingress"] for p in r["ports"]] == [8090]
@@ -278,8 +287,8 @@ def test_network_policies_keep_internal_ports_internal(rendered: dict[str, list[
 
 ROW = {"id": "job-0123456789ab", "backend": "huggingface", "spec_uri": "s3://bucket/jobs/job-0123456789ab/spec.json",
        "labels": {"workspace": "ws-1"}, "request": {"resources": {"gpus": 1, "cpus": 4, "memory_gb": 16}}}
-ENV = {"TRAINYARD_JOB_ID": "job-0123456789ab", "TRAINYARD_PROGRESS_URL": "http://svc:8081/internal/jobs/x/reports",
-       "TRAINYARD_PROGRESS_TOKEN": "tok-XYZZY", "TRAINYARD_JOB_SECRETS": '{"huggingface_token": "hf_XYZZY"}',
+SECRETS = json.dumps({"secrets": {"huggingface_token": "hf_XYZZY"}, "progress_token": "tok-XYZZY"})
+ENV = {"TRAINYARD_JOB_ID": "job-0123456789ab", "TRAINYARD_PROGRESS_URL": "http://svc:9081/internal/jobs/x/reports",
        "TRAINYARD_STORAGE_URL": "s3://bucket"}
 
 
@@ -307,12 +316,12 @@ def test_every_job_the_runner_builds_validates(resources: dict[str, Any], job_id
     job = build_job(settings, row, ENV, replica="svc-0:1")
     body = as_dict(job)
     validate(body)
-    secret = as_dict(build_job_secret(settings, job, ENV, owner_uid="0c7f0e7e-0000-4000-8000-000000000000"))
+    secret = as_dict(build_job_secret(settings, job, SECRETS, owner_uid="0c7f0e7e-0000-4000-8000-000000000000"))
     validate(secret)
     assert secret["metadata"]["ownerReferences"][0]["name"] == body["metadata"]["name"] == job_name(job_id)
     assert len(body["metadata"]["name"]) <= 63
     assert "XYZZY" not in json.dumps(body)
-    assert set(secret["stringData"]) == set(SECRET_ENV_KEYS)
+    assert secret["stringData"] == {SECRETS_KEY: SECRETS}
     pod = body["spec"]["template"]["spec"]
     [ctr] = pod["containers"]
     gpus = resources.get("gpus", 0)

@@ -31,6 +31,7 @@ from common.storage import ObjectStore
 from services.huggingface.backend import HuggingFaceBackend
 from tests.runners.fake_apiserver import FakeApiServer, role_rules
 from tests.utils.factories import random_job_id
+from tests.utils.server import SECRET_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 RBAC = REPO / "k8s" / "base" / "rbac.yaml"
@@ -59,6 +60,7 @@ def settings(fake: FakeApiServer, tmp_path: Path) -> Settings:
         k8s_start_grace_seconds=0,
         public_url="http://trainyard-huggingface.trainyard.svc:8081",
         cancel_grace_seconds=1,
+        secret_keys=[SECRET_KEY],
     )
 
 
@@ -146,15 +148,20 @@ def test_job_is_built_as_specified_runs_reports_progress_and_completes(cluster: 
     env = {e["name"]: e for e in ctr["env"]}
     assert env["TRAINYARD_PROGRESS_URL"]["value"] == (
         f"http://trainyard-huggingface.trainyard.svc:8081/internal/jobs/{job_id}/reports")
-    for key in ("TRAINYARD_JOB_SECRETS", "TRAINYARD_PROGRESS_TOKEN"):
-        assert "value" not in env[key]
-        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": f"{name}-env", "key": key}
+    # secrets reach the pod as a read-only file from the per-job Secret, never through its environment
+    assert env["TRAINYARD_JOB_SECRETS_FILE"]["value"] == "/var/run/trainyard/job/secrets.json"
+    assert not any("valueFrom" in e for e in ctr["env"])
+    [mount] = [m for m in ctr["volumeMounts"] if m["mountPath"] == "/var/run/trainyard/job"]
+    assert mount["readOnly"] is True
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == f"{name}-env" and volume["secret"]["defaultMode"] == 0o400
 
     # secrets live in the per-job Secret, owned by the Job; never in the Job itself
     secret = fake.get("Secret", f"{name}-env")
     assert secret["metadata"]["ownerReferences"][0]["uid"] == kjob["metadata"]["uid"]
-    assert HF_SECRET in base64.b64decode(secret["data"]["TRAINYARD_JOB_SECRETS"]).decode()
-    token = base64.b64decode(secret["data"]["TRAINYARD_PROGRESS_TOKEN"]).decode()
+    handed = json.loads(base64.b64decode(secret["data"]["secrets.json"]).decode())
+    assert handed["secrets"]["huggingface_token"] == HF_SECRET
+    token = handed["progress_token"]
     created = next(c for c in fake.calls if c.verb == "create" and c.resource == "jobs")
     assert HF_SECRET not in json.dumps(created.body) and token not in json.dumps(created.body)
 
@@ -162,8 +169,8 @@ def test_job_is_built_as_specified_runs_reports_progress_and_completes(cluster: 
     pod_name = fake.start_pod(name)
     fake.run(pod_name, "trainyard: job started", "step 5/10 loss=1.9")
     pod_env = fake.secret_env(pod_name)
-    assert pod_env["TRAINYARD_PROGRESS_TOKEN"] == token and pod_env["HF_TOKEN"] == "hf_x"
-    jobs.report(cluster.engine, job_id, pod_env["TRAINYARD_PROGRESS_TOKEN"],
+    assert "TRAINYARD_PROGRESS_TOKEN" not in pod_env and pod_env["HF_TOKEN"] == "hf_x"
+    jobs.report(cluster.engine, job_id, token,
                 ProgressReport(type="progress", progress={"step": 5, "total_steps": 10, "loss": 1.9, "percent": 50}))
     cluster.runner.tick()
     job = cluster.job(job_id)

@@ -48,7 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
 
 def client(srv: object) -> httpx.Client:
     assert isinstance(srv, Server)
-    return httpx.Client(base_url=srv.url, timeout=60)
+    return srv.client(timeout=60)
 
 
 def dpo_request(model: str, uris: dict[str, str], **tuning: object) -> dict:

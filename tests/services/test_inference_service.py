@@ -69,8 +69,20 @@ def service(root: Path, adapters: dict[str, str]) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def http(service: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=service.url, timeout=120) as c:
+    with service.client(timeout=120) as c:
         yield c
+
+
+def test_every_route_but_health_takes_the_service_token(service: Server, tiny_model: Path) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    headers = {"x-trainyard-base-model": str(tiny_model)}
+    for token in (None, "not-the-service-token-at-all"):
+        with service.client(token=token) as anon:
+            assert anon.get("/health").status_code == 200
+            for path in ("/v1/chat/completions", "/v1/playground/generate", "/export"):
+                r = anon.post(path, json=body, headers=headers)
+                assert r.status_code == 401, (path, r.status_code, r.text)
+            assert anon.get("/engine").status_code == 401
 
 
 def _chat(http: httpx.Client, model: str, adapter: str | None = None, **params: object) -> dict:

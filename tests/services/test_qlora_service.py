@@ -13,7 +13,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.utils.factories import training_request
@@ -53,7 +52,7 @@ def qlora_request(model: str, sample_uris: dict[str, str], **tuning: object) -> 
 @pytest.mark.slow
 def test_qlora_job_learns_over_http(service: Server, tiny_model: Path, sample_uris: dict[str, str]) -> None:
     req = qlora_request(str(tiny_model), sample_uris)
-    with httpx.Client(base_url=service.url, timeout=120) as c:
+    with service.client(timeout=120) as c:
         r = c.post("/train", json=req)
         assert r.status_code == 202, r.text
         job = wait_for(c, f"/jobs/{req['job_id']}", lambda j: j["status"] in TERMINAL, timeout=300)
@@ -85,7 +84,7 @@ def test_qlora_is_refused_where_bitsandbytes_4bit_cannot_run(
     bare = tmp_path / "bare-venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     env = {**env, "TRAINYARD_PYTHON_EXECUTABLE": str(bare / "bin" / "python")}
-    with Server(APP, env, log_path=tmp_path / "bare.log") as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+    with Server(APP, env, log_path=tmp_path / "bare.log") as srv, srv.client(timeout=60) as c:
         r = c.post("/train", json=qlora_request(str(tiny_model), sample_uris))
         assert r.status_code == 422, r.text
         [problem] = r.json()["detail"]

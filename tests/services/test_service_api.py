@@ -37,7 +37,7 @@ def service(service_env: dict[str, str], tmp_path: Path):
 
 
 def client(srv: Server) -> httpx.Client:
-    return httpx.Client(base_url=srv.url, timeout=30)
+    return srv.client(timeout=30)
 
 
 def _assert_error(r: httpx.Response, status: int) -> dict:
@@ -161,7 +161,8 @@ def test_bad_inputs_get_enveloped_4xx(service, sample_uris, storage_root) -> Non
         _assert_error(c.get("/jobs/does-not-exist"), 404)
         _assert_error(c.post("/jobs/does-not-exist/cancel"), 404)
         _assert_error(c.get("/jobs/x/logs", params={"tail": -1}), 422)
-        _assert_error(c.post("/internal/jobs/x/reports", json={"type": "progress"}), 401)
+        _assert_error(c.post("/internal/jobs/x/reports", json={"type": "progress"}), 404)  # not on the main port
+        _assert_error(httpx.post(f"{service.report_url}/internal/jobs/x/reports", json={"type": "progress"}), 401)
         assert c.post("/train", json=good).status_code == 202
         _assert_error(c.post("/train", json=good), 409)  # same job_id twice
 

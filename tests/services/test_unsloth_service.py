@@ -54,7 +54,7 @@ def service(store: dict) -> Iterator[Server]:
 
 def client(srv: Server) -> httpx.Client:
     # The first /info or /train waits for the start-up probe (`import unsloth` in the job environment).
-    return httpx.Client(base_url=srv.url, timeout=240)
+    return srv.client(timeout=240)
 
 
 @needs_unsloth_env

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from common import exitcodes
+from common import exitcodes, jobsecrets
 from common.errors import BackendUnavailable, StorageError, Unprocessable
 from common.schemas import Progress
 from common.train.__main__ import Redactor, build_request, cgroup_cpu_quota, classify
@@ -83,17 +83,20 @@ class Job:
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(json.dumps(spec))
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
+        secrets_file = self.root / "secrets" / f"{name}.json"  # as the runner hands them over
+        jobsecrets.write(secrets_file, json.dumps({"secrets": secrets or {},
+                                                   "progress_token": PROGRESS_TOKEN if progress_url else None}))
         env.update(
             PYTHONPATH=str(REPO),
             TRAINYARD_STORAGE_ROOT=str(self.root),
-            TRAINYARD_JOB_SECRETS=json.dumps(secrets or {}),
+            TRAINYARD_JOB_SECRETS_FILE=str(secrets_file),
             HF_HUB_OFFLINE="1",
         )
         # The tiny model gains nothing from a second thread, and on a busy CI box OpenMP threads
         # spin-waiting on each other made training ~10x slower.
         env.setdefault("OMP_NUM_THREADS", "1")
         if progress_url:
-            env.update(TRAINYARD_PROGRESS_URL=progress_url, TRAINYARD_PROGRESS_TOKEN=PROGRESS_TOKEN)
+            env.update(TRAINYARD_PROGRESS_URL=progress_url)
         return subprocess.Popen(
             [sys.executable, "-m", "common.train", spec_path.as_uri()],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

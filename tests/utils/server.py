@@ -14,6 +14,14 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
+# The credentials every test server gets unless its env says otherwise (docs/security.md).
+SERVICE_TOKEN = "test-service-token-0123456789abcdef"
+SECRET_KEY = "Yx2u3qRzZ0l8mBv5n7pQwE1rT4yU6iO9aSdFgHjKlZc="
+
+
+def service_headers(token: str = SERVICE_TOKEN) -> dict[str, str]:
+    """What the gateway sends a trainer service."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 def free_port() -> int:
@@ -27,6 +35,7 @@ class Server:
     app: str
     env: dict[str, str]
     port: int = field(default_factory=free_port)
+    report_port: int = field(default_factory=free_port)  # a trainer service's job-report listener
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
 
@@ -34,9 +43,20 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def report_url(self) -> str:
+        return f"http://127.0.0.1:{self.report_port}"
+
+    def client(self, token: str | None = SERVICE_TOKEN, timeout: float = 60) -> httpx.Client:
+        """A client of this server presenting the service token (None: no credential)."""
+        return httpx.Client(base_url=self.url, headers=service_headers(token) if token else {}, timeout=timeout)
+
     def start(self, timeout: float = 30) -> Server:
-        env = {**os.environ, **self.env, "TRAINYARD_PORT": str(self.port), "PYTHONPATH": str(REPO)}
-        env.setdefault("TRAINYARD_PUBLIC_URL", self.url)
+        env = {
+            **os.environ, "TRAINYARD_SERVICE_TOKEN": SERVICE_TOKEN, "TRAINYARD_SECRET_KEYS": f'["{SECRET_KEY}"]',
+            **self.env, "TRAINYARD_PORT": str(self.port), "TRAINYARD_REPORT_PORT": str(self.report_port),
+            "PYTHONPATH": str(REPO),
+        }
         log_path = self.log_path or Path(os.devnull)
         with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
