@@ -35,7 +35,7 @@ from tests.gateway.helpers import (
     validated_finetune,
     wait_finetune,
 )
-from tests.utils.server import Server
+from tests.utils.server import SECRET_KEY, Server
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -53,7 +53,7 @@ def stored_files(root: Path, uri: str) -> dict[str, int]:
 
 def in_process_gateway(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Gateway:
     """The registry functions the inference routes call, on the same database and store as the server."""
-    for name, value in env.items():
+    for name, value in {"TRAINYARD_SECRET_KEYS": f'["{SECRET_KEY}"]', **env}.items():  # the servers' keys
         monkeypatch.setenv(name, value)
     settings = Settings()
     return Gateway(settings, make_engine(settings.database_url), ObjectStore(settings), TrainerClient(settings),

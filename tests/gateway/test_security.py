@@ -121,6 +121,7 @@ def test_a_job_created_under_the_finetunes_id_by_someone_else_is_never_adopted(
     squatter = training_request(str(tiny_model), (storage_root / "attacker.jsonl").as_uri(), max_steps=100000)
     squatter["labels"] = {"workspace": "default", "project": "default", "finetune": "ft-guessed"}
     squatter["callbacks"] = {"webhook_url": "http://127.0.0.1:9/attacker"}
+    base_env = {**base_env, "TRAINYARD_OUTBOUND_ALLOW": '["127.0.0.0/8"]'}  # the attacker's webhook is local
     with Server(HF_SERVICE, base_env, log_path=tmp_path / "service.log") as svc:
         proxy = SquattingProxy(svc.url, "squat", squatter)
         env = {**base_env, "TRAINYARD_SERVICE_URL_HUGGINGFACE": proxy.url}

@@ -107,7 +107,8 @@ def test_job_secrets_reach_the_job_through_a_removed_file_not_its_environment(
     req = training_request(str(tiny_model), sample_uris["sft_train"], max_steps=100000)
     req["base_model"]["huggingface_token"] = SECRET
     req["callbacks"] = {"webhook_url": "http://127.0.0.1:9/hook", "auth_header": WEBHOOK_SECRET}
-    env = {**service_env, "TRAINYARD_ADMIN_API_KEY": "an-admin-key-the-service-must-not-pass-on"}
+    env = {**service_env, "TRAINYARD_ADMIN_API_KEY": "an-admin-key-the-service-must-not-pass-on",
+           "TRAINYARD_OUTBOUND_ALLOW": '["127.0.0.0/8"]'}  # the webhook receiver is local
     with Server(APP, env, log_path=tmp_path / "service.log") as srv, srv.client() as c:
         assert c.post("/train", json=req).status_code == 202
         job = wait_for(c, f"/jobs/{req['job_id']}", lambda j: j["progress"].get("step", 0) > 0)
