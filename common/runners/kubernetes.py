@@ -44,8 +44,9 @@ from kubernetes.config.config_exception import ConfigException
 
 from common import db, exitcodes, jobsecrets
 from common.errors import RunnerError, StorageError
-from common.runners.base import Active, Exit, JobRunner, tail_lines
+from common.runners.base import Active, Exit, JobRunner, run_deadline, tail_lines
 from common.runners.local import _alive
+from common.runners.resources import job_resources
 from common.schemas import EventLevel, EventType, JobStatus
 from common.settings import Settings
 
@@ -136,12 +137,9 @@ def build_job(settings: Settings, row: Any, env: dict[str, str], *, replica: str
     that is no valid node label value).
     """
     job_id, backend = row["id"], row["backend"]
-    res = (row["request"] or {}).get("resources") or {}
-    gpus = int(res.get("gpus", 0))
-    cpus = float(res.get("cpus", 1))
-    memory_gb = float(res.get("memory_gb", 4))
-    minutes = int(res.get("max_duration_minutes", 720))
-    gpu_type = res.get("gpu_type")
+    res = job_resources(row["request"])
+    gpus, cpus, memory_gb = int(res.gpus), float(res.cpus), float(res.memory_gb)
+    minutes, gpu_type = int(res.max_duration_minutes), res.gpu_type
     name = job_name(job_id)
     labels = job_labels(job_id, backend, row.get("labels"))
 
@@ -558,10 +556,7 @@ class KubernetesRunner(JobRunner):
         with db.tx(self.engine) as conn:
             db.update_job(conn, row["id"], claimed_by=self.replica)
             db.add_event(conn, row["id"], EventType.status, f"adopted by {self.replica} (Job {name})")
-        minutes = ((row["request"] or {}).get("resources") or {}).get("max_duration_minutes", 720)
-        started = db.aware(row["started_at"])
-        elapsed = (db.utcnow() - started).total_seconds() if started else 0.0
-        self._active[row["id"]] = Active(row["id"], K8sHandle(row["id"], name), time.monotonic() + minutes * 60 - elapsed)
+        self._active[row["id"]] = Active(row["id"], K8sHandle(row["id"], name), run_deadline(row))
 
     def _job_gone(self, row: Any) -> None:
         """The Job ended and was removed (TTL) while no replica watched it."""
