@@ -21,7 +21,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from common.runners.kubernetes import SECRETS_KEY, build_job, build_job_secret, job_name
+from common.runners.k8s_spec import SECRETS_KEY, build_job, build_job_secret, job_name
 from common.schemas import Resources
 from common.settings import Settings
 
