@@ -230,7 +230,7 @@ def test_k8s_deployments_serve_their_component_from_the_api_image() -> None:
 
 
 def test_training_image_user_matches_the_runner() -> None:
-    from common.runners.kubernetes import RUN_AS
+    from common.runners.k8s_spec import RUN_AS
 
     final = stages(instructions(REPO / TRAIN_IMAGE))[-1]
     assert [a for kw, a in final if kw == "USER"][-1] == f"{RUN_AS}:{RUN_AS}"

@@ -194,6 +194,48 @@ def test_join_refuses_dotdot(backend: Backend) -> None:
     assert backend.store.join(backend.base, "/a/", "b") == backend.base + "/a/b"
 
 
+def test_readers_never_see_a_write_in_flight(backend: Backend) -> None:
+    """Mid-upload, the old object is what readers get and a new one does not exist yet; the first
+    part has already left memory (a temp file on disk, an uploaded part on S3)."""
+    store = backend.store
+    existing, new = store.join(backend.base, "existing.bin"), store.join(backend.base, "new.bin")
+    store.put_bytes(existing, b"original")
+    seen: dict[str, object] = {}
+
+    def chunks(uri: str) -> Iterator[bytes]:
+        for i in range(100):  # 6.25 MiB: past one part
+            yield b"z" * 65536
+            if i == 90:
+                seen[uri] = (store.get_bytes(existing), store.exists(new), [i.uri for i in store.list(backend.base)])
+                if backend.scheme == "file":
+                    seen[uri + ":spilled"] = sum(p.stat().st_size for p in store.local_path(backend.base).iterdir())
+                else:
+                    _, bucket, _ = parse_uri(backend.base)
+                    [upload] = store._client().list_multipart_uploads(Bucket=bucket)["Uploads"]
+                    parts = store._client().list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    seen[uri + ":spilled"] = sum(p["Size"] for p in parts.get("Parts", []))
+
+    for uri in (existing, new):
+        assert store.put_stream(uri, chunks(uri)) == 100 * 65536
+        old_content = b"original" if uri == existing else store.get_bytes(existing)
+        assert seen[uri] == (old_content, False, [existing])
+        assert isinstance(seen[uri + ":spilled"], int) and seen[uri + ":spilled"] >= MIN_PART_SIZE
+    assert store.get_bytes(new) == store.get_bytes(existing) == b"z" * 100 * 65536
+    assert [i.uri for i in store.list(backend.base)] == sorted([existing, new])
+
+
+def test_check_allows_what_a_job_may_use(backend: Backend) -> None:
+    store = backend.store
+    uri = store.join(backend.base, "data.jsonl")
+    assert store.check(uri) == uri  # no I/O: the object need not exist
+    for bad in (backend.base + "/a/../b", backend.base + "/%2e%2e/b", backend.base + "/%2E%2E"):
+        with pytest.raises(BadRequest, match=r"'\.\.' is not allowed"):
+            store.check(bad)
+    for bad in ("http://example.com/x", "", "s3://", "file://relative/x"):
+        with pytest.raises(BadRequest):
+            store.check(bad)
+
+
 # -------------------------------------------------------------------------- s3 only
 
 
@@ -281,6 +323,33 @@ def test_file_traversal_refused(file_store: ObjectStore, tmp_path: Path) -> None
 
     # '..' that stays inside the root is just a path
     assert file_store.local_path(f"file://{root}/a/../b") == root.resolve() / "b"
+
+
+def test_file_check_confines_to_the_root(file_store: ObjectStore, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "link").symlink_to(tmp_path, target_is_directory=True)
+    for uri in ("file:///etc/passwd", root.as_uri() + "/link/secret.txt", tmp_path.as_uri()):
+        with pytest.raises(BadRequest, match="escapes the storage root"):
+            file_store.check(uri)
+    assert file_store.check(root.as_uri() + "/a b/c.txt") == root.as_uri() + "/a b/c.txt"
+
+
+def test_file_prefix_is_not_an_object(file_store: ObjectStore) -> None:
+    uri = file_store.default_uri("dir", "x.txt")
+    file_store.put_bytes(uri, b"x")
+    prefix = file_store.default_uri("dir")
+    with pytest.raises(BadRequest, match="use delete_prefix"):
+        file_store.delete(prefix)
+    with pytest.raises(ObjectNotFound):
+        file_store.stat(prefix)
+    assert file_store.delete_prefix(prefix) == 1
+    assert not file_store.local_path(prefix).exists()  # emptied directories go too
+    assert file_store.local_path(file_store.default_uri()).is_dir()  # never the root itself
+
+
+def test_local_path_needs_a_file_uri(file_store: ObjectStore) -> None:
+    with pytest.raises(BadRequest, match="is not a file:// URI"):
+        file_store.local_path("s3://bucket/key")
 
 
 def test_file_symlink_escape_refused(file_store: ObjectStore, tmp_path: Path) -> None:

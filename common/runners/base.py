@@ -21,7 +21,6 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import Engine, select
@@ -30,11 +29,20 @@ from sqlalchemy.engine import RowMapping
 from common import db, secretbox
 from common.errors import StorageError
 from common.exitcodes import describe
+from common.runners.resources import max_duration_seconds
 from common.schemas import EventLevel, JobStatus
 from common.settings import Settings
 from common.storage import ObjectStore
 
 log = logging.getLogger("trainyard.runner")
+
+
+def run_deadline(row: Any) -> float:
+    """The ``time.monotonic()`` at which a job passes resources.max_duration_minutes, counted
+    from its ``started_at`` (from now when it has not started yet)."""
+    started = db.aware(row["started_at"])
+    elapsed = (db.utcnow() - started).total_seconds() if started else 0.0
+    return time.monotonic() + max_duration_seconds(row["request"]) - elapsed
 
 
 @dataclass
@@ -172,8 +180,7 @@ class JobRunner(ABC):
         if not moved:  # cancelled between claim and launch
             self.kill(handle, grace=1)
             return
-        minutes = (row["request"].get("resources") or {}).get("max_duration_minutes", 720)
-        self._active[job_id] = Active(job_id, handle, time.monotonic() + timedelta(minutes=minutes).total_seconds())
+        self._active[job_id] = Active(job_id, handle, run_deadline(row))
         self._notify(job_id)
 
     def job_env(self, row: Any) -> dict[str, str]:

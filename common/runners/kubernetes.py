@@ -1,7 +1,8 @@
 """KubernetesRunner: each job is a batch/v1 Job that runs the training program on a GPU node.
 
-The dispatch loop, claims and status rules are the base class's; this module only
-says how a Job is built, read, deleted and logged::
+The dispatch loop, claims and status rules are the base class's; what a Job and its Secret
+look like is ``common.runners.k8s_spec`` (pure functions of the job row); this module only
+creates, reads, deletes and logs them::
 
     claim (DB) -> create Job -> create the job's Secret (owned by the Job)
                -> poll: Job conditions decide the end, pod states explain it
@@ -9,16 +10,9 @@ says how a Job is built, read, deleted and logged::
     cancel     -> delete the Job with foreground propagation (pods, Secret go with it)
     restart    -> list Jobs by label, adopt the ones whose replica is gone
 
-Secrets never enter the Job spec nor the pod's environment: the request's secrets and the
-progress token live in a per-job Secret (``<job>-env``) mounted read-only as the job's secrets
-file (``common.jobsecrets``, mode 0400 for the job's user and group); deployment-wide
-credentials (S3 keys, HF_TOKEN) come from the Secrets named by
-``settings.k8s_job_env_secrets`` through ``envFrom``. The pod reports progress to
-``settings.progress_base()``, the service's cluster URL, exactly as a local job does.
-
-``resources.gpus > 1`` runs ``torchrun --standalone --nproc_per_node=N`` inside one
-pod (data parallel, one process per GPU; only rank 0 reports and uploads). Multi-node
-training maps onto Kubeflow Trainer's TrainJob (JobSet underneath); see docs/deploy.md.
+The pod reports progress to ``settings.progress_base()``, the service's cluster URL, exactly
+as a local job does. Multi-node training maps onto Kubeflow Trainer's TrainJob (JobSet
+underneath); see docs/deploy.md.
 
 This module imports the ``kubernetes`` client at the top, and is itself imported only
 when ``TRAINYARD_RUNNER=kubernetes`` (``common.runners.make_runner``): an API process
@@ -27,11 +21,8 @@ on the local runner never loads it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -42,37 +33,27 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from common import db, exitcodes, jobsecrets
+from common import db, exitcodes
 from common.errors import RunnerError, StorageError
-from common.runners.base import Active, Exit, JobRunner, tail_lines
+from common.runners.base import Active, Exit, JobRunner, run_deadline, tail_lines
+from common.runners.k8s_spec import (
+    CONTAINER,
+    LABEL_JOB_ID,
+    build_job,
+    build_job_secret,
+    label_selector,
+    secret_name,
+)
 from common.runners.local import _alive
 from common.schemas import EventLevel, EventType, JobStatus
 from common.settings import Settings
 
 log = logging.getLogger("trainyard.runner.kubernetes")
 
-CONTAINER = "train"
-LABEL_JOB_ID = "trainyard.dev/job-id"
-LABEL_BACKEND = "trainyard.dev/backend"
-LABEL_WORKSPACE = "trainyard.dev/workspace"
-MANAGED_LABELS = {
-    "app.kubernetes.io/name": "trainyard",
-    "app.kubernetes.io/component": "training-job",
-    "app.kubernetes.io/managed-by": "trainyard",
-}
-# Where the per-job Secret is mounted, and its one key: the job's secrets file.
-SECRETS_DIR = "/var/run/trainyard/job"
-SECRETS_KEY = "secrets.json"
-SECRETS_MODE = 0o400
-# Exit codes no retry can fix: the pod failure policy fails the Job at once.
-FAIL_FAST_EXIT_CODES = sorted({exitcodes.INVALID_INPUT, exitcodes.MODEL_LOAD, exitcodes.OOM})
 PULL_ERRORS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
-RUN_AS = 10001  # the uid of the training image's user (docker/train.Dockerfile)
-SCRATCH = "/scratch"
 RECONCILE_SECONDS = 60.0
 KILL_WAIT_SECONDS = 5.0
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 @dataclass
@@ -83,192 +64,7 @@ class K8sHandle:
     noted: set[str] = field(default_factory=set)  # pod observations already recorded as events
 
 
-# --------------------------------------------------------------------------- building
-
-
-def job_name(job_id: str) -> str:
-    """``trainyard-<job id>``, shortened with a hash so it stays a 63-char DNS label."""
-    name = f"trainyard-{job_id}"
-    if len(name) <= 63:
-        return name
-    digest = hashlib.sha256(job_id.encode()).hexdigest()[:8]
-    return f"trainyard-{job_id[:43].rstrip('-')}-{digest}"
-
-
-def secret_name(name: str) -> str:
-    return f"{name}-env"
-
-
-def image_for(settings: Settings, backend: str) -> str:
-    return settings.k8s_images.get(backend) or settings.k8s_image
-
-
-def train_command(gpus: int, spec_uri: str) -> list[str]:
-    """One process, or one per GPU with torchrun (the program reports from rank 0 only)."""
-    if gpus > 1:
-        return ["torchrun", "--standalone", "--nnodes=1", f"--nproc_per_node={gpus}", "-m", "common.train", spec_uri]
-    return ["python", "-m", "common.train", spec_uri]
-
-
-def job_labels(job_id: str, backend: str, labels: dict[str, str] | None) -> dict[str, str]:
-    out = {**MANAGED_LABELS, LABEL_JOB_ID: job_id, LABEL_BACKEND: backend}
-    workspace = (labels or {}).get("workspace") or (labels or {}).get("workspace_id")
-    if workspace and len(workspace) <= 63 and _LABEL_VALUE.match(workspace):
-        out[LABEL_WORKSPACE] = workspace
-    return out
-
-
-def _cpu(cpus: float) -> str:
-    return str(int(cpus)) if float(cpus).is_integer() else f"{math.ceil(cpus * 1000)}m"
-
-
-def _memory(gb: float) -> str:
-    return f"{int(gb)}Gi" if float(gb).is_integer() else f"{math.ceil(gb * 1024)}Mi"
-
-
-def build_job(settings: Settings, row: Any, env: dict[str, str], *, replica: str = "") -> client.V1Job:
-    """The batch/v1 Job for one claimed job row (``id``, ``backend``, ``request``, ``labels``, ``spec_uri``).
-
-    ``env`` is the runner's plain job environment; the secrets come from the per-job Secret,
-    mounted as the job's secrets file.
-
-    Raises: RunnerError when the request cannot be expressed as a Job (e.g. a gpu_type
-    that is no valid node label value).
-    """
-    job_id, backend = row["id"], row["backend"]
-    res = (row["request"] or {}).get("resources") or {}
-    gpus = int(res.get("gpus", 0))
-    cpus = float(res.get("cpus", 1))
-    memory_gb = float(res.get("memory_gb", 4))
-    minutes = int(res.get("max_duration_minutes", 720))
-    gpu_type = res.get("gpu_type")
-    name = job_name(job_id)
-    labels = job_labels(job_id, backend, row.get("labels"))
-
-    requests = {"cpu": _cpu(cpus), "memory": _memory(memory_gb)}
-    limits = {"memory": _memory(memory_gb)}
-    if gpus:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)
-
-    node_selector = dict(settings.k8s_node_selector)
-    if gpu_type:
-        if len(gpu_type) > 63 or not _LABEL_VALUE.match(gpu_type):
-            raise RunnerError(f"resources.gpu_type '{gpu_type}' of job '{job_id}' is not a valid node label value")
-        node_selector[settings.k8s_gpu_type_label] = gpu_type
-
-    plain = dict(env)
-    plain.update({
-        jobsecrets.FILE_ENV: f"{SECRETS_DIR}/{SECRETS_KEY}",
-        "TRAINYARD_RUNNER": "kubernetes",
-        "TRAINYARD_WORK_DIR": f"{SCRATCH}/work",
-        "HF_HOME": f"{SCRATCH}/hf",
-        "PYTHONUNBUFFERED": "1",
-    })
-    env_vars = [client.V1EnvVar(name=k, value=v) for k, v in sorted(plain.items())]
-    container = client.V1Container(
-        name=CONTAINER,
-        image=image_for(settings, backend),
-        image_pull_policy=settings.k8s_image_pull_policy,
-        command=train_command(gpus, row["spec_uri"]),
-        env=env_vars,
-        env_from=[client.V1EnvFromSource(secret_ref=client.V1SecretEnvSource(name=s)) for s in settings.k8s_job_env_secrets],
-        resources=client.V1ResourceRequirements(requests=requests, limits=limits),
-        volume_mounts=[
-            client.V1VolumeMount(name="scratch", mount_path=SCRATCH),
-            client.V1VolumeMount(name="dshm", mount_path="/dev/shm"),  # NCCL and dataloader workers need more than 64 MiB
-            client.V1VolumeMount(name="job-secrets", mount_path=SECRETS_DIR, read_only=True),
-        ],
-        security_context=client.V1SecurityContext(
-            allow_privilege_escalation=False, capabilities=client.V1Capabilities(drop=["ALL"])
-        ),
-    )
-    pod = client.V1PodSpec(
-        restart_policy="Never",  # retries are the Job's (backoffLimit, podFailurePolicy), not the kubelet's
-        service_account_name=settings.k8s_service_account or None,
-        automount_service_account_token=False,  # the program never talks to the API server
-        termination_grace_period_seconds=max(1, math.ceil(settings.cancel_grace_seconds)),
-        containers=[container],
-        node_selector=node_selector or None,
-        tolerations=[client.V1Toleration.from_dict(t) for t in settings.k8s_tolerations] or None,
-        image_pull_secrets=[client.V1LocalObjectReference(name=s) for s in settings.k8s_image_pull_secrets] or None,
-        security_context=client.V1PodSecurityContext(
-            run_as_non_root=True, run_as_user=RUN_AS, run_as_group=RUN_AS, fs_group=RUN_AS,
-            seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
-        ),
-        volumes=[
-            client.V1Volume(name="scratch", empty_dir=client.V1EmptyDirVolumeSource()),
-            client.V1Volume(
-                name="dshm",
-                empty_dir=client.V1EmptyDirVolumeSource(medium="Memory", size_limit=_memory(max(1.0, memory_gb / 4))),
-            ),
-            client.V1Volume(
-                name="job-secrets",
-                secret=client.V1SecretVolumeSource(
-                    secret_name=secret_name(name), default_mode=SECRETS_MODE,
-                    items=[client.V1KeyToPath(key=SECRETS_KEY, path=SECRETS_KEY)],
-                ),
-            ),
-        ],
-    )
-    annotations = {"trainyard.dev/spec-uri": row["spec_uri"]}
-    if replica:
-        annotations["trainyard.dev/launched-by"] = replica
-    if gpu_type:
-        annotations["trainyard.dev/gpu-type"] = gpu_type
-    return client.V1Job(
-        api_version="batch/v1",
-        kind="Job",
-        metadata=client.V1ObjectMeta(name=name, namespace=settings.k8s_namespace, labels=labels, annotations=annotations),
-        spec=client.V1JobSpec(
-            backoff_limit=settings.k8s_backoff_limit,
-            active_deadline_seconds=minutes * 60,
-            ttl_seconds_after_finished=settings.k8s_ttl_seconds_after_finished,
-            pod_failure_policy=client.V1PodFailurePolicy(
-                rules=[
-                    # node drain, preemption, eviction: replace the pod, do not count a failure
-                    client.V1PodFailurePolicyRule(
-                        action="Ignore",
-                        on_pod_conditions=[
-                            client.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")
-                        ],
-                    ),
-                    # bad input, unloadable model, OOM inside the program: a retry would fail the same way
-                    client.V1PodFailurePolicyRule(
-                        action="FailJob",
-                        on_exit_codes=client.V1PodFailurePolicyOnExitCodesRequirement(
-                            container_name=CONTAINER, operator="In", values=FAIL_FAST_EXIT_CODES
-                        ),
-                    ),
-                ]
-            ),
-            template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=labels, annotations=annotations), spec=pod
-            ),
-        ),
-    )
-
-
-def build_job_secret(
-    settings: Settings, job: client.V1Job, secrets: str, owner_uid: str | None = None
-) -> client.V1Secret:
-    """The per-job Secret mounted as the job's secrets file (``secrets``: the runner's
-    ``job_secrets`` JSON); owned by the Job when ``owner_uid`` is given, so deleting the Job
-    (cancel, TTL) deletes it."""
-    owners = None
-    if owner_uid:
-        owners = [client.V1OwnerReference(api_version="batch/v1", kind="Job", name=job.metadata.name, uid=owner_uid)]
-    return client.V1Secret(
-        api_version="v1",
-        kind="Secret",
-        type="Opaque",
-        metadata=client.V1ObjectMeta(
-            name=secret_name(job.metadata.name),
-            namespace=settings.k8s_namespace,
-            labels=dict(job.metadata.labels or {}),
-            owner_references=owners,
-        ),
-        string_data={SECRETS_KEY: secrets},
-    )
+# --------------------------------------------------------------------------- the API
 
 
 def make_apis(settings: Settings) -> tuple[client.BatchV1Api, client.CoreV1Api]:
@@ -322,10 +118,7 @@ class KubernetesRunner(JobRunner):
         return self.settings.k8s_max_active_jobs
 
     def _selector(self, job_id: str | None = None) -> str:
-        parts = [f"{k}={v}" for k, v in MANAGED_LABELS.items()] + [f"{LABEL_BACKEND}={self.deps.backend}"]
-        if job_id:
-            parts.append(f"{LABEL_JOB_ID}={job_id}")
-        return ",".join(parts)
+        return label_selector(self.deps.backend, job_id)
 
     # ----------------------------------------------------------------- launch
 
@@ -558,10 +351,7 @@ class KubernetesRunner(JobRunner):
         with db.tx(self.engine) as conn:
             db.update_job(conn, row["id"], claimed_by=self.replica)
             db.add_event(conn, row["id"], EventType.status, f"adopted by {self.replica} (Job {name})")
-        minutes = ((row["request"] or {}).get("resources") or {}).get("max_duration_minutes", 720)
-        started = db.aware(row["started_at"])
-        elapsed = (db.utcnow() - started).total_seconds() if started else 0.0
-        self._active[row["id"]] = Active(row["id"], K8sHandle(row["id"], name), time.monotonic() + minutes * 60 - elapsed)
+        self._active[row["id"]] = Active(row["id"], K8sHandle(row["id"], name), run_deadline(row))
 
     def _job_gone(self, row: Any) -> None:
         """The Job ended and was removed (TTL) while no replica watched it."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from common import db, jobsecrets
 from common.errors import StorageError
-from common.runners.base import Exit, JobRunner, tail_lines
+from common.runners.base import Active, Exit, JobRunner, run_deadline, tail_lines
 from common.schemas import EventLevel, JobStatus
 from common.settings import SECRET_ENV
 
@@ -145,7 +145,7 @@ class LocalRunner(JobRunner):
                 with db.tx(self.engine) as conn:
                     db.update_job(conn, row["id"], claimed_by=self.replica)
                     db.add_event(conn, row["id"], db.EventType.status, f"adopted by {self.replica} after restart")
-                self._active[row["id"]] = self._adopted(row, handle)
+                self._active[row["id"]] = Active(row["id"], handle, run_deadline(row))
                 continue
             ended = self._exit_from_file(handle.exit_file)
             if ended.code == "runner_lost_process":
@@ -157,14 +157,6 @@ class LocalRunner(JobRunner):
                 self._notify(row["id"])
             else:
                 self.finish(row["id"], ended)
-
-    def _adopted(self, row: Any, handle: LocalHandle) -> Any:
-        from common.runners.base import Active
-
-        minutes = (row["request"].get("resources") or {}).get("max_duration_minutes", 720)
-        started = db.aware(row["started_at"])
-        elapsed = (db.utcnow() - started).total_seconds() if started else 0.0
-        return Active(row["id"], handle, time.monotonic() + minutes * 60 - elapsed)
 
     # ----------------------------------------------------------------- logs
 

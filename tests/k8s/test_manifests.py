@@ -21,7 +21,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from common.runners.kubernetes import SECRETS_KEY, build_job, build_job_secret, job_name
+from common.runners.k8s_spec import SECRETS_KEY, build_job, build_job_secret, job_name
+from common.schemas import Resources
 from common.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -327,7 +328,8 @@ def test_every_job_the_runner_builds_validates(resources: dict[str, Any], job_id
     gpus = resources.get("gpus", 0)
     assert ctr["resources"]["limits"].get("nvidia.com/gpu") == (str(gpus) if gpus else None)
     assert (ctr["command"][0] == "torchrun") == (gpus > 1)
-    assert body["spec"]["activeDeadlineSeconds"] == 60 * resources.get("max_duration_minutes", 720)
+    minutes = resources.get("max_duration_minutes", Resources.model_fields["max_duration_minutes"].default)
+    assert body["spec"]["activeDeadlineSeconds"] == 60 * minutes
     # Pod Security "restricted": what the namespace enforces
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert ctr["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}

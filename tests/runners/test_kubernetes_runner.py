@@ -24,7 +24,8 @@ from common import db, jobs
 from common.outbound import OutboundPolicy
 from common.runners import make_runner
 from common.runners.base import RunnerDeps
-from common.runners.kubernetes import KubernetesRunner, job_name
+from common.runners.k8s_spec import job_name
+from common.runners.kubernetes import KubernetesRunner
 from common.schemas import JobStatus, ProgressReport, TrainingRequest
 from common.settings import Settings
 from common.storage import ObjectStore

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from common.runners.kubernetes import build_job
+from common.runners.k8s_spec import build_job
 from common.settings import Settings
 from tests.utils.server import REPO
 
