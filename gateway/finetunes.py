@@ -38,7 +38,6 @@ from common.schemas import (
     FinetuneStart,
     FinetuneStatus,
     FinetuneUpdate,
-    FinetuneValidation,
     Resources,
     TrainingRequest,
     service_for,
@@ -51,27 +50,10 @@ from gateway.trainers import ServiceNoAnswer
 log = logging.getLogger("trainyard.gateway.finetunes")
 
 FS = FinetuneStatus
+EV = db.FinetuneEventType
 MIRROR_MAX_AGE = timedelta(seconds=1)  # a read of an active finetune asks the service at most this often
 READ_TIMEOUT = 2.0  # seconds a read waits for the service before answering from the database
 JOB_ID_RANDOM_BYTES = 8  # 64 random bits in every job id the gateway chooses
-
-
-def public(row: RowMapping) -> FinetunePublic:
-    return FinetunePublic(
-        id=row["id"], name=row["name"], workspace_id=row["workspace_id"], project_id=row["project_id"],
-        provider=row["provider"], service=row["service"], training_type=row["training_type"], model=row["model"],
-        override_model=row["override_model"], status=row["status"],
-        hyperparameters=FinetuneHyperparameters.model_validate(row["hyperparameters"] or {}),
-        resources=Resources.model_validate(row["resources"]) if row["resources"] else None,
-        training_dataset_id=row["training_dataset_id"], validation_dataset_id=row["validation_dataset_id"],
-        validation=FinetuneValidation.model_validate(row["validation"]) if row["validation"] else None,
-        job_id=row["job_id"] if FS(row["status"]).has_job or FS(row["status"]).terminal else None,
-        progress=row["progress"] or {}, metrics=row["metrics"] or {}, error=row["error"],
-        output_uri=row["output_uri"], log_uri=row["log_uri"],
-        created_at=db.aware(row["created_at"]), updated_at=db.aware(row["updated_at"]),
-        started_at=db.aware(row["started_at"]), finished_at=db.aware(row["finished_at"]),
-        fine_tuned_model=models.model_id(row["id"]) if row["status"] == FS.completed.value else None,
-    )
 
 
 def _training_request(
@@ -157,7 +139,7 @@ def get(gw: Gateway, who: Principal, finetune_id: str) -> FinetunePublic:
             log.info("finetune %s: showing stored state, its job could not be read (%s)", finetune_id, e.error)
         with tx(gw.engine) as conn:
             row = db.get_finetune(conn, finetune_id, who.workspace_id)
-    return public(row)
+    return db.finetune_public(row)
 
 
 def list_(
@@ -165,7 +147,7 @@ def list_(
 ) -> tuple[list[FinetunePublic], int]:
     with tx(gw.engine) as conn:
         rows, count = db.list_finetunes(conn, who.workspace_id, status=status, limit=limit, offset=offset)
-    return [public(r) for r in rows], count
+    return [db.finetune_public(r) for r in rows], count
 
 
 def events(gw: Gateway, who: Principal, finetune_id: str, *, after_id: int, limit: int) -> list[FinetuneEventPublic]:
@@ -207,13 +189,13 @@ def update(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneUpdate) 
         if status == FS.created:
             ok = db.update_finetune(conn, finetune_id, db.finetunes.c.status == FS.created.value, **values)
             if ok:
-                db.add_event(conn, finetune_id, "status", "datasets attached", data={"status": "created", **data})
+                db.add_event(conn, finetune_id, EV.status, "datasets attached", data={"status": "created", **data})
         else:
             ok = db.set_finetune_status(conn, finetune_id, FS.created, message="datasets attached; status reset",
                                         data=data, only_from=frozenset({status}), **values)
         if not ok:
             raise Conflict(f"finetune '{finetune_id}' changed while updating it; try again")
-        return public(db.get_finetune(conn, finetune_id, who.workspace_id))
+        return db.finetune_public(db.get_finetune(conn, finetune_id, who.workspace_id))
 
 
 def start_validation(gw: Gateway, who: Principal, finetune_id: str) -> FinetunePublic:
@@ -347,7 +329,7 @@ def _release_start(gw: Gateway, finetune_id: str, job_id: str) -> None:
             start_claimed_at=None, job_id=None, override_model=None, attempts=db.finetunes.c.attempts - 1,
         )
         if released:
-            db.add_event(conn, finetune_id, "start", f"start of job {job_id} failed; nothing was started",
+            db.add_event(conn, finetune_id, EV.start, f"start of job {job_id} failed; nothing was started",
                          level=EventLevel.warning)
 
 

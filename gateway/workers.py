@@ -44,6 +44,7 @@ from gateway.context import Gateway
 log = logging.getLogger("trainyard.gateway.workers")
 
 FS = FinetuneStatus
+EV = db.FinetuneEventType
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeats of a running validation
 CLAIM_STALE_AFTER = timedelta(seconds=60)  # a claim without a heartbeat this long is taken over
 IDLE_POLL = 2.0  # seconds a validation thread sleeps when nothing waits (a new request wakes it)
@@ -122,7 +123,7 @@ class ValidationWorker:
             if self.stopping.is_set():
                 with tx(self.gw.engine) as conn:  # hand it back: the next gateway start picks it up
                     if db.update_finetune(conn, finetune_id, *current, validation_claimed_by=None):
-                        db.add_event(conn, finetune_id, "validation", "validation interrupted by a gateway shutdown; "
+                        db.add_event(conn, finetune_id, EV.validation, "validation interrupted by a gateway shutdown; "
                                      "it resumes when a gateway runs again", level=EventLevel.warning)
             return
         except Exception as e:  # never leave a finetune stuck in progress
