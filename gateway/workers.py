@@ -38,7 +38,7 @@ from common.schemas import (
     ValidationReport,
 )
 from common.validation import Limits, Stopped, load_tokenizer, validate_uri
-from gateway import datasets, db, finetunes, modelrefs, models
+from gateway import datasets, db, mirror, modelrefs, models
 from gateway.context import Gateway
 
 log = logging.getLogger("trainyard.gateway.workers")
@@ -247,10 +247,10 @@ class Refresher:
                 if self.stopping.is_set():
                     return
                 try:
-                    finetunes.refresh(self.gw, finetune_id, timeout=timeout)
+                    mirror.refresh(self.gw, finetune_id, timeout=timeout)
                 except TrainyardError as e:
                     log.debug("finetune %s not refreshed: %s", finetune_id, e.error)
-            finetunes.settle_start_claims(self.gw, self.claim_grace)
+            mirror.settle_start_claims(self.gw, self.claim_grace)
             models.register_missing(self.gw)
         except Exception:  # keep mirroring after a database hiccup
             log.exception("finetune refresh failed")
