@@ -7,12 +7,10 @@ allowed``), so several replicas racing on one row can never move a job backwards
 
 from __future__ import annotations
 
-import json
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -47,13 +45,9 @@ from common.schemas import (
     JobPublic,
     JobStatus,
 )
+from common.statuslog import StatusLog, utcnow
 
 metadata = MetaData()
-StatusT = TypeVar("StatusT", bound=StrEnum)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def aware(dt: datetime | None) -> datetime | None:
@@ -61,33 +55,6 @@ def aware(dt: datetime | None) -> datetime | None:
     if dt is not None and dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt
-
-
-def jsonable(data: dict[str, Any] | None) -> dict[str, Any]:
-    """An event's ``data`` as plain JSON (datetimes, enums and the like become strings)."""
-    return json.loads(json.dumps(data or {}, default=str))
-
-
-def move_status(
-    conn: Connection,
-    table: Table,
-    row_id: str,
-    to: StatusT,
-    transitions: Mapping[StatusT, Collection[StatusT]],
-    *where: Any,
-    **values: Any,
-) -> bool:
-    """The conditional UPDATE behind every status change of a job or a finetune: ``status = to``
-    only where the row's status may move to ``to`` by ``transitions`` (and every extra ``where``
-    holds), so replicas racing on one row can never move it backwards. Returns whether the row
-    moved; the caller records the status event."""
-    allowed_from = [s.value for s, targets in transitions.items() if to in targets]
-    res = conn.execute(
-        update(table)
-        .where(table.c.id == row_id, table.c.status.in_(allowed_from), *where)
-        .values(status=to.value, **values)
-    )
-    return res.rowcount == 1
 
 
 jobs = Table(
@@ -117,18 +84,22 @@ jobs = Table(
     Column("finished_at", DateTime(timezone=True)),
 )
 Index("ix_jobs_backend_status_created", jobs.c.backend, jobs.c.status, jobs.c.created_at)
+Index("ix_jobs_backend_created", jobs.c.backend, jobs.c.created_at)  # the job list of one backend
 
 events = Table(
     "events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("level", String(16), nullable=False),
     Column("type", String(16), nullable=False),
     Column("message", Text, nullable=False),
     Column("data", JSON, nullable=False, default=dict),
 )
+Index("ix_events_job_id_id", events.c.job_id, events.c.id)  # a job's events after a cursor
+
+JOB_LOG = StatusLog(jobs, TRANSITIONS, events, "job_id", EventType.status)
 
 
 def make_engine(url: str) -> Engine:
@@ -157,6 +128,7 @@ def make_engine(url: str) -> Engine:
 def init_db(engine: Engine) -> None:
     metadata.create_all(engine)
     add_missing_columns(engine, metadata)
+    add_missing_indexes(engine, metadata)
 
 
 def add_missing_columns(engine: Engine, meta: MetaData) -> None:
@@ -180,6 +152,23 @@ def add_missing_columns(engine: Engine, meta: MetaData) -> None:
                     conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
             except DBAPIError:  # another process added it first
                 if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
+
+
+def add_missing_indexes(engine: Engine, meta: MetaData) -> None:
+    """Create the indexes a newer version defines on tables an older one created (``create_all``
+    creates a missing table's indexes only). ``IF NOT EXISTS`` on both dialects: cheap on every start."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.schema import CreateIndex
+
+    for table in meta.sorted_tables:
+        for index in table.indexes:
+            try:
+                with engine.begin() as conn:
+                    conn.execute(CreateIndex(index, if_not_exists=True))
+            except DBAPIError:  # another process created it at the same moment
+                if index.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
                     raise
 
 
@@ -220,15 +209,18 @@ def list_job_rows(
     limit: int = 100,
     offset: int = 0,
 ) -> tuple[list[RowMapping], int]:
-    q = select(jobs)
+    """One page of jobs, newest first, and how many match; filtered, ordered and paged in SQL
+    (``ix_jobs_backend_created``, ``ix_jobs_backend_status_created``)."""
+    where: list[Any] = []
     if backend:
-        q = q.where(jobs.c.backend == backend)
+        where.append(jobs.c.backend == backend)
     if status:
-        q = q.where(jobs.c.status == status.value)
-    rows = conn.execute(q.order_by(jobs.c.created_at.desc(), jobs.c.id)).mappings().all()
-    if labels:  # JSON filtering differs per dialect; label filters are rare and small
-        rows = [r for r in rows if all((r["labels"] or {}).get(k) == v for k, v in labels.items())]
-    return list(rows[offset : offset + limit]), len(rows)
+        where.append(jobs.c.status == status.value)
+    for key, value in (labels or {}).items():
+        where.append(jobs.c.labels[key].as_string() == value)
+    count = conn.execute(select(func.count()).select_from(jobs).where(*where)).scalar() or 0
+    q = select(jobs).where(*where).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit).offset(offset)
+    return list(conn.execute(q).mappings()), int(count)
 
 
 def job_public(row: RowMapping) -> JobPublic:
@@ -276,10 +268,7 @@ def set_status(
         extra["started_at"] = now
     if to in TERMINAL:
         extra["finished_at"] = now
-    if not move_status(conn, jobs, job_id, to, TRANSITIONS, updated_at=now, **extra, **values):
-        return False
-    add_event(conn, job_id, EventType.status, message, level=level, data={"status": to.value, **(data or {})})
-    return True
+    return JOB_LOG.move(conn, job_id, to, message=message, level=level, data=data, updated_at=now, **extra, **values)
 
 
 def claim_next_pending(conn: Connection, backend: str, claimer: str) -> str | None:
@@ -323,31 +312,15 @@ def add_event(
     level: EventLevel = EventLevel.info,
     data: dict[str, Any] | None = None,
 ) -> None:
-    conn.execute(
-        insert(events).values(
-            job_id=job_id,
-            created_at=utcnow(),
-            level=level.value,
-            type=type_.value,
-            message=message,
-            data=jsonable(data),
-        )
+    JOB_LOG.record(conn, job_id, type_, message, level=level, data=data)
+
+
+def event_public(r: RowMapping) -> EventPublic:
+    return EventPublic(
+        id=r["id"], job_id=r["job_id"], created_at=aware(r["created_at"]), level=EventLevel(r["level"]),
+        type=EventType(r["type"]), message=r["message"], data=r["data"] or {},
     )
 
 
 def list_events(conn: Connection, job_id: str, *, after_id: int = 0, limit: int = 1000) -> list[EventPublic]:
-    rows = conn.execute(
-        select(events).where(events.c.job_id == job_id, events.c.id > after_id).order_by(events.c.id).limit(limit)
-    ).mappings()
-    return [
-        EventPublic(
-            id=r["id"],
-            job_id=r["job_id"],
-            created_at=aware(r["created_at"]),
-            level=EventLevel(r["level"]),
-            type=EventType(r["type"]),
-            message=r["message"],
-            data=r["data"] or {},
-        )
-        for r in rows
-    ]
+    return [event_public(r) for r in JOB_LOG.after(conn, job_id, after_id=after_id, limit=limit)]

@@ -56,17 +56,6 @@ def file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip(".-")[:80] or "data"
 
 
-def public(row: RowMapping) -> DatasetPublic:
-    report = row["validation"]
-    return DatasetPublic(
-        id=row["id"], name=row["name"], type=row["type"], provider=row["provider"], model=row["model"],
-        workspace_id=row["workspace_id"], project_id=row["project_id"], status=row["status"],
-        s3_path=row["s3_path"], uri=row["uri"], size_bytes=row["size_bytes"], rows=row["rows"],
-        validation_status=row["validation_status"], validation=ValidationReport.model_validate(report) if report else None,
-        created_at=db.aware(row["created_at"]), updated_at=db.aware(row["updated_at"]),
-    )
-
-
 def _signed_url(gw: Gateway, dataset_id: str, key: str, base_url: str) -> tuple[str, datetime]:
     ttl = gw.settings.upload_url_ttl_seconds
     if gw.uses_s3:
@@ -107,13 +96,13 @@ def new_signed_url(gw: Gateway, who: Principal, dataset_id: str, base_url: str) 
 
 def get(gw: Gateway, who: Principal, dataset_id: str) -> DatasetPublic:
     with tx(gw.engine) as conn:
-        return public(db.get_dataset(conn, dataset_id, who.workspace_id))
+        return db.dataset_public(db.get_dataset(conn, dataset_id, who.workspace_id))
 
 
 def list_(gw: Gateway, who: Principal, *, limit: int, offset: int) -> tuple[list[DatasetPublic], int]:
     with tx(gw.engine) as conn:
         rows, count = db.list_datasets(conn, who.workspace_id, limit=limit, offset=offset)
-    return [public(r) for r in rows], count
+    return [db.dataset_public(r) for r in rows], count
 
 
 def _key_of(gw: Gateway, workspace_id: str, s3_path: str) -> str:
@@ -185,7 +174,7 @@ def attach(gw: Gateway, who: Principal, dataset_id: str, s3_path: str) -> Datase
         raise Unprocessable(f"no object at s3_path '{key}': upload the file to the signed URL first") from e
     with tx(gw.engine) as conn:
         _record_file(conn, dataset_id, key, uri, info.size)
-        return public(db.get_dataset(conn, dataset_id, who.workspace_id))
+        return db.dataset_public(db.get_dataset(conn, dataset_id, who.workspace_id))
 
 
 def autoattach(gw: Gateway, conn: Connection, row: RowMapping) -> RowMapping:
@@ -261,7 +250,7 @@ def _store_and_attach(
     size = gw.store.put_stream(uri, chunks, max_bytes=limit)
     with tx(gw.engine) as conn:
         _record_file(conn, row["id"], row["target_key"], uri, size)
-        return public(db.get_dataset(conn, row["id"], None))
+        return db.dataset_public(db.get_dataset(conn, row["id"], None))
 
 
 def delete(gw: Gateway, who: Principal, dataset_id: str) -> None:

@@ -4,13 +4,15 @@ finetune events and the models registry.
 Own ``MetaData`` so the gateway never creates the trainer services' tables and vice versa; the
 names do not clash, so both may share one database (the laptop default). Every query runs on
 SQLite and PostgreSQL. Status changes are conditional UPDATEs guarded by
-``FINETUNE_TRANSITIONS`` (``set_finetune_status``), so two gateway replicas, or a request racing
-the background refresher, can never move a finetune backwards.
+``FINETUNE_TRANSITIONS`` (``set_finetune_status``, through ``common.statuslog``), so two gateway
+replicas, or a request racing the background refresher, can never move a finetune backwards.
+Each table's row-to-model conversion (``*_public``) sits with its repository functions.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -37,15 +39,25 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from common.db import aware, jsonable, move_status, utcnow
+from common.db import add_missing_columns, add_missing_indexes, aware
 from common.errors import NotFound
 from common.schemas import (
     FINETUNE_ACTIVE,
     FINETUNE_TRANSITIONS,
+    DatasetPublic,
     EventLevel,
     FinetuneEventPublic,
+    FinetuneHyperparameters,
+    FinetunePublic,
     FinetuneStatus,
+    FinetuneValidation,
+    ModelKind,
+    ModelMetrics,
+    ModelPublic,
+    Resources,
+    ValidationReport,
 )
+from common.statuslog import StatusLog, utcnow
 
 metadata = MetaData()
 
@@ -124,6 +136,7 @@ finetunes = Table(
     Column("finished_at", DateTime(timezone=True)),
 )
 Index("ix_finetunes_workspace_created", finetunes.c.workspace_id, finetunes.c.created_at)
+Index("ix_finetunes_workspace_status_created", finetunes.c.workspace_id, finetunes.c.status, finetunes.c.created_at)
 
 # Signed upload URLs already used (single use): the signature's SHA-256 until the URL would expire.
 used_upload_urls = Table(
@@ -138,13 +151,26 @@ finetune_events = Table(
     "finetune_events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("finetune_id", String(40), nullable=False, index=True),
+    Column("finetune_id", String(40), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("level", String(16), nullable=False),
     Column("type", String(16), nullable=False),
     Column("message", Text, nullable=False),
     Column("data", JSON, nullable=False),
 )
+Index("ix_finetune_events_finetune_id_id", finetune_events.c.finetune_id, finetune_events.c.id)  # after a cursor
+
+
+class FinetuneEventType(StrEnum):
+    """What a finetune event records (the ``type`` of GET /v1/finetune/{id}/events)."""
+
+    status = "status"  # every status change (FINETUNE_LOG.move)
+    validation = "validation"  # a validation run interrupted
+    start = "start"  # a start that created no job
+    model = "model"  # its model registered, exported or deleted
+
+
+FINETUNE_LOG = StatusLog(finetunes, FINETUNE_TRANSITIONS, finetune_events, "finetune_id", FinetuneEventType.status)
 
 # One row per finetune that completed (id ``ft:<finetune id>``); a deleted model keeps its row
 # (deleted_at set) so the refresher never registers it again.
@@ -169,10 +195,22 @@ models = Table(
     Column("deleted_at", DateTime(timezone=True)),
 )
 Index("ix_models_workspace_created", models.c.workspace_id, models.c.created_at)
+MODEL_ID_PREFIX = "ft:"
+
+
+def model_id(finetune_id: str) -> str:
+    """The id of the model a finetune produces (known from its creation on)."""
+    return f"{MODEL_ID_PREFIX}{finetune_id}"
+
+
+def finetune_id_of(model_id: str) -> str | None:
+    return model_id[len(MODEL_ID_PREFIX):] if model_id.startswith(MODEL_ID_PREFIX) else None
 
 
 def init_db(engine: Engine) -> None:
     metadata.create_all(engine)
+    add_missing_columns(engine, metadata)
+    add_missing_indexes(engine, metadata)
 
 
 # --------------------------------------------------------------------------- api keys
@@ -210,6 +248,17 @@ def touch_key(conn: Connection, key_id: str, now: datetime) -> None:
 def insert_dataset(conn: Connection, row: dict[str, Any]) -> None:
     now = utcnow()
     conn.execute(insert(datasets).values(created_at=now, updated_at=now, **row))
+
+
+def dataset_public(row: RowMapping) -> DatasetPublic:
+    report = row["validation"]
+    return DatasetPublic(
+        id=row["id"], name=row["name"], type=row["type"], provider=row["provider"], model=row["model"],
+        workspace_id=row["workspace_id"], project_id=row["project_id"], status=row["status"],
+        s3_path=row["s3_path"], uri=row["uri"], size_bytes=row["size_bytes"], rows=row["rows"],
+        validation_status=row["validation_status"], validation=ValidationReport.model_validate(report) if report else None,
+        created_at=aware(row["created_at"]), updated_at=aware(row["updated_at"]),
+    )
 
 
 def get_dataset(conn: Connection, dataset_id: str, workspace_id: str | None) -> RowMapping:
@@ -277,7 +326,27 @@ def insert_finetune(conn: Connection, row: dict[str, Any]) -> None:
             **row,
         )
     )
-    add_event(conn, row["id"], "status", "finetune created", data={"status": FinetuneStatus.created.value})
+    add_event(conn, row["id"], FinetuneEventType.status, "finetune created",
+              data={"status": FinetuneStatus.created.value})
+
+
+def finetune_public(row: RowMapping) -> FinetunePublic:
+    status = FinetuneStatus(row["status"])
+    return FinetunePublic(
+        id=row["id"], name=row["name"], workspace_id=row["workspace_id"], project_id=row["project_id"],
+        provider=row["provider"], service=row["service"], training_type=row["training_type"], model=row["model"],
+        override_model=row["override_model"], status=status,
+        hyperparameters=FinetuneHyperparameters.model_validate(row["hyperparameters"] or {}),
+        resources=Resources.model_validate(row["resources"]) if row["resources"] else None,
+        training_dataset_id=row["training_dataset_id"], validation_dataset_id=row["validation_dataset_id"],
+        validation=FinetuneValidation.model_validate(row["validation"]) if row["validation"] else None,
+        job_id=row["job_id"] if status.has_job or status.terminal else None,
+        progress=row["progress"] or {}, metrics=row["metrics"] or {}, error=row["error"],
+        output_uri=row["output_uri"], log_uri=row["log_uri"],
+        created_at=aware(row["created_at"]), updated_at=aware(row["updated_at"]),
+        started_at=aware(row["started_at"]), finished_at=aware(row["finished_at"]),
+        fine_tuned_model=model_id(row["id"]) if status == FinetuneStatus.completed else None,
+    )
 
 
 def get_finetune(conn: Connection, finetune_id: str, workspace_id: str | None) -> RowMapping:
@@ -330,10 +399,7 @@ def set_finetune_status(
     nothing when the move is not allowed from the current status."""
     if only_from is not None:
         where = (finetunes.c.status.in_([s.value for s in only_from]), *where)
-    if not move_status(conn, finetunes, finetune_id, to, FINETUNE_TRANSITIONS, *where, updated_at=utcnow(), **values):
-        return False
-    add_event(conn, finetune_id, "status", message, level=level, data={"status": to.value, **(data or {})})
-    return True
+    return FINETUNE_LOG.move(conn, finetune_id, to, message=message, level=level, data=data, where=where, **values)
 
 
 def active_finetune_ids(conn: Connection) -> list[str]:
@@ -380,37 +446,39 @@ def claim_validation(conn: Connection, worker: str, stale_before: datetime) -> R
 def add_event(
     conn: Connection,
     finetune_id: str,
-    type_: str,
+    type_: FinetuneEventType,
     message: str,
     *,
     level: EventLevel = EventLevel.info,
     data: dict[str, Any] | None = None,
 ) -> None:
-    conn.execute(
-        insert(finetune_events).values(
-            finetune_id=finetune_id, created_at=utcnow(), level=level.value, type=type_, message=message,
-            data=jsonable(data),
-        )
+    FINETUNE_LOG.record(conn, finetune_id, type_, message, level=level, data=data)
+
+
+def event_public(r: RowMapping) -> FinetuneEventPublic:
+    return FinetuneEventPublic(
+        id=r["id"], finetune_id=r["finetune_id"], created_at=aware(r["created_at"]), level=EventLevel(r["level"]),
+        type=r["type"], message=r["message"], data=r["data"] or {},
     )
 
 
 def list_events(conn: Connection, finetune_id: str, *, after_id: int, limit: int) -> list[FinetuneEventPublic]:
-    rows = conn.execute(
-        select(finetune_events)
-        .where(finetune_events.c.finetune_id == finetune_id, finetune_events.c.id > after_id)
-        .order_by(finetune_events.c.id)
-        .limit(limit)
-    ).mappings()
-    return [
-        FinetuneEventPublic(
-            id=r["id"], finetune_id=r["finetune_id"], created_at=aware(r["created_at"]), level=EventLevel(r["level"]),
-            type=r["type"], message=r["message"], data=r["data"] or {},
-        )
-        for r in rows
-    ]
+    return [event_public(r) for r in FINETUNE_LOG.after(conn, finetune_id, after_id=after_id, limit=limit)]
 
 
 # --------------------------------------------------------------------------- models
+
+
+def model_public(row: RowMapping) -> ModelPublic:
+    created = aware(row["created_at"])
+    return ModelPublic(
+        id=row["id"], created=int(created.timestamp()) if created else 0, owned_by=row["workspace_id"],
+        kind=ModelKind.fine_tuned, name=row["name"], base_model=row["base_model"], provider=row["provider"],
+        method=row["method"], training_type=row["training_type"], training_params=row["training_params"],
+        metrics=ModelMetrics.model_validate(row["metrics"]), size_bytes=row["size_bytes"],
+        adapter_uri=row["adapter_uri"], merged_uri=row["merged_uri"], finetune_id=row["finetune_id"],
+        workspace_id=row["workspace_id"], created_at=created,
+    )
 
 
 def insert_model_once(conn: Connection, row: dict[str, Any]) -> bool:

@@ -6,29 +6,25 @@ A finetune is a base model, hyperparameters and datasets; it moves through
             -> (start) pending -> running -> completed | failed | cancelled
 
 with every move checked against ``FINETUNE_TRANSITIONS`` and recorded as an event
-(``gateway.db.set_finetune_status``). Once started, its status, progress and metrics mirror the
-trainer job's: on every read of an active finetune (at most once a second) and from the
-background refresher (``gateway.workers``). Starting is two-phase so a dead service never leaves a
-half-started finetune: the start is claimed in the database (job id chosen), ``POST /train`` is
-called, and only a job the service accepted moves the finetune to ``pending``.
+(``gateway.db.set_finetune_status``). This module holds the user's commands; once started, a
+finetune mirrors its trainer job (``gateway.mirror``). Starting is two-phase so a dead service
+never leaves a half-started finetune: the start is claimed in the database (job id chosen),
+``POST /train`` is called, and only a job the service accepted moves the finetune to ``pending``.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
 import uuid
-from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from common.db import tx
 from common.errors import Conflict, NotFound, TrainyardError, Unprocessable
 from common.schemas import (
-    FINETUNE_ACTIVE,
     EventLevel,
     FinetuneCreate,
     FinetuneCreated,
@@ -38,12 +34,12 @@ from common.schemas import (
     FinetuneStart,
     FinetuneStatus,
     FinetuneUpdate,
-    FinetuneValidation,
+    LogsPublic,
     Resources,
     TrainingRequest,
     service_for,
 )
-from gateway import datasets, db, modelrefs, models
+from gateway import datasets, db, mirror, modelrefs
 from gateway.auth import Principal
 from gateway.context import Gateway
 from gateway.trainers import ServiceNoAnswer
@@ -51,27 +47,8 @@ from gateway.trainers import ServiceNoAnswer
 log = logging.getLogger("trainyard.gateway.finetunes")
 
 FS = FinetuneStatus
-MIRROR_MAX_AGE = timedelta(seconds=1)  # a read of an active finetune asks the service at most this often
-READ_TIMEOUT = 2.0  # seconds a read waits for the service before answering from the database
+EV = db.FinetuneEventType
 JOB_ID_RANDOM_BYTES = 8  # 64 random bits in every job id the gateway chooses
-
-
-def public(row: RowMapping) -> FinetunePublic:
-    return FinetunePublic(
-        id=row["id"], name=row["name"], workspace_id=row["workspace_id"], project_id=row["project_id"],
-        provider=row["provider"], service=row["service"], training_type=row["training_type"], model=row["model"],
-        override_model=row["override_model"], status=row["status"],
-        hyperparameters=FinetuneHyperparameters.model_validate(row["hyperparameters"] or {}),
-        resources=Resources.model_validate(row["resources"]) if row["resources"] else None,
-        training_dataset_id=row["training_dataset_id"], validation_dataset_id=row["validation_dataset_id"],
-        validation=FinetuneValidation.model_validate(row["validation"]) if row["validation"] else None,
-        job_id=row["job_id"] if FS(row["status"]).has_job or FS(row["status"]).terminal else None,
-        progress=row["progress"] or {}, metrics=row["metrics"] or {}, error=row["error"],
-        output_uri=row["output_uri"], log_uri=row["log_uri"],
-        created_at=db.aware(row["created_at"]), updated_at=db.aware(row["updated_at"]),
-        started_at=db.aware(row["started_at"]), finished_at=db.aware(row["finished_at"]),
-        fine_tuned_model=models.model_id(row["id"]) if row["status"] == FS.completed.value else None,
-    )
 
 
 def _training_request(
@@ -149,15 +126,10 @@ def get(gw: Gateway, who: Principal, finetune_id: str) -> FinetunePublic:
     service is slow or down)."""
     with tx(gw.engine) as conn:
         row = db.get_finetune(conn, finetune_id, who.workspace_id)
-    refreshed = db.aware(row["refreshed_at"])
-    if FS(row["status"]).has_job and (refreshed is None or db.utcnow() - refreshed > MIRROR_MAX_AGE):
-        try:
-            refresh(gw, finetune_id, timeout=READ_TIMEOUT)
-        except TrainyardError as e:
-            log.info("finetune %s: showing stored state, its job could not be read (%s)", finetune_id, e.error)
+    if mirror.refresh_if_stale(gw, row):
         with tx(gw.engine) as conn:
             row = db.get_finetune(conn, finetune_id, who.workspace_id)
-    return public(row)
+    return db.finetune_public(row)
 
 
 def list_(
@@ -165,7 +137,7 @@ def list_(
 ) -> tuple[list[FinetunePublic], int]:
     with tx(gw.engine) as conn:
         rows, count = db.list_finetunes(conn, who.workspace_id, status=status, limit=limit, offset=offset)
-    return [public(r) for r in rows], count
+    return [db.finetune_public(r) for r in rows], count
 
 
 def events(gw: Gateway, who: Principal, finetune_id: str, *, after_id: int, limit: int) -> list[FinetuneEventPublic]:
@@ -174,7 +146,7 @@ def events(gw: Gateway, who: Principal, finetune_id: str, *, after_id: int, limi
         return db.list_events(conn, finetune_id, after_id=after_id, limit=limit)
 
 
-def logs(gw: Gateway, who: Principal, finetune_id: str, tail: int) -> dict[str, Any]:
+def logs(gw: Gateway, who: Principal, finetune_id: str, tail: int) -> LogsPublic:
     """The trainer job's log lines. Raises: Conflict (not started), ServiceUnavailable."""
     with tx(gw.engine) as conn:
         row = db.get_finetune(conn, finetune_id, who.workspace_id)
@@ -207,13 +179,13 @@ def update(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneUpdate) 
         if status == FS.created:
             ok = db.update_finetune(conn, finetune_id, db.finetunes.c.status == FS.created.value, **values)
             if ok:
-                db.add_event(conn, finetune_id, "status", "datasets attached", data={"status": "created", **data})
+                db.add_event(conn, finetune_id, EV.status, "datasets attached", data={"status": "created", **data})
         else:
             ok = db.set_finetune_status(conn, finetune_id, FS.created, message="datasets attached; status reset",
                                         data=data, only_from=frozenset({status}), **values)
         if not ok:
             raise Conflict(f"finetune '{finetune_id}' changed while updating it; try again")
-        return public(db.get_finetune(conn, finetune_id, who.workspace_id))
+        return db.finetune_public(db.get_finetune(conn, finetune_id, who.workspace_id))
 
 
 def start_validation(gw: Gateway, who: Principal, finetune_id: str) -> FinetunePublic:
@@ -295,14 +267,15 @@ def start(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneStart) ->
         raise
     except Conflict:
         try:  # an earlier try of ours created it, or someone else did: only ours is adopted
-            job = adoptable(gw.trainers.get_job(row["service"], job_id), row, TrainingRequest.model_validate(payload))
+            job = mirror.adoptable(gw.trainers.get_job(row["service"], job_id), row,
+                                   TrainingRequest.model_validate(payload))
         except TrainyardError:
-            _release_start(gw, finetune_id, job_id)
+            mirror.release_start(gw, finetune_id, job_id)
             raise
     except TrainyardError:
-        _release_start(gw, finetune_id, job_id)
+        mirror.release_start(gw, finetune_id, job_id)
         raise
-    _record_started(gw, finetune_id, job_id, job)
+    mirror.record_started(gw, finetune_id, job_id, job)
     return get(gw, who, finetune_id)
 
 
@@ -310,76 +283,6 @@ def job_id_for(finetune_id: str, attempt: int) -> str:
     """``<finetune>-<attempt>-<random>``: the random part makes the id unguessable, so nobody can
     create a job under it on the trainer service before the gateway does."""
     return f"{finetune_id}-{attempt}-{secrets.token_hex(JOB_ID_RANDOM_BYTES)}"
-
-
-def adoptable(job: dict[str, Any], row: RowMapping, sent: TrainingRequest) -> dict[str, Any]:
-    """The existing job with our id, if it is the one this gateway sent: same finetune, workspace and
-    project in its labels and the same request digest (secrets included). Anything else is a job
-    someone else created under that id, and using it would hand them this finetune.
-
-    Raises: Conflict (not ours)."""
-    ours = (
-        _labelled_for(job, row)
-        and isinstance(job.get("request_digest"), str)
-        and hmac.compare_digest(job["request_digest"], sent.digest())
-    )
-    if not ours:
-        log.warning("finetune %s: the %s service already holds a job %s that this gateway did not submit; "
-                    "not adopting it", row["id"], row["service"], job.get("id"))
-        raise Conflict(f"the trainer service already has a different job with id '{job.get('id')}'; "
-                       f"start finetune '{row['id']}' again")
-    return job
-
-
-def _labelled_for(job: dict[str, Any], row: RowMapping) -> bool:
-    labels = job.get("labels") or {}
-    return bool(
-        labels.get("workspace") == row["workspace_id"] and labels.get("project") == row["project_id"]
-        and labels.get("finetune") == row["id"]
-    )
-
-
-def _release_start(gw: Gateway, finetune_id: str, job_id: str) -> None:
-    """Undo a start claim whose job was never created: no trace but the event log."""
-    with tx(gw.engine) as conn:
-        released = db.update_finetune(
-            conn, finetune_id, db.finetunes.c.job_id == job_id, db.finetunes.c.start_claimed_at.is_not(None),
-            start_claimed_at=None, job_id=None, override_model=None, attempts=db.finetunes.c.attempts - 1,
-        )
-        if released:
-            db.add_event(conn, finetune_id, "start", f"start of job {job_id} failed; nothing was started",
-                         level=EventLevel.warning)
-
-
-def _record_started(gw: Gateway, finetune_id: str, job_id: str, job: dict[str, Any]) -> None:
-    with tx(gw.engine) as conn:
-        db.set_finetune_status(
-            conn, finetune_id, FS.pending, message=f"job {job_id} accepted by the trainer service",
-            data={"job_id": job_id}, only_from=frozenset({FS.validation_successful}),
-            where=(db.finetunes.c.job_id == job_id,), start_claimed_at=None, **_job_values(job),
-        )
-        _mirror(conn, finetune_id, job)  # the job may already be past pending
-
-
-def settle_start_claims(gw: Gateway, older_than: timedelta) -> None:
-    """Starts the gateway could not confirm (it died, or the service timed out): ask the service."""
-    with tx(gw.engine) as conn:
-        rows = db.stale_start_claims(conn, db.utcnow() - older_than)
-    for row in rows:
-        try:
-            job = gw.trainers.get_job(row["service"], row["job_id"], timeout=READ_TIMEOUT)
-        except NotFound:
-            _release_start(gw, row["id"], row["job_id"])
-            log.info("finetune %s: start of %s never reached the service; released", row["id"], row["job_id"])
-            continue
-        except TrainyardError as e:
-            log.info("finetune %s: cannot settle its start yet (%s)", row["id"], e.error)
-            continue
-        if not _labelled_for(job, row):  # the id is unguessable, but never adopt another's job
-            _release_start(gw, row["id"], row["job_id"])
-            log.warning("finetune %s: job %s on the service is not this finetune's; released", row["id"], row["job_id"])
-            continue
-        _record_started(gw, row["id"], row["job_id"], job)
 
 
 def cancel(gw: Gateway, who: Principal, finetune_id: str) -> FinetunePublic:
@@ -397,10 +300,10 @@ def cancel(gw: Gateway, who: Principal, finetune_id: str) -> FinetunePublic:
         except Conflict:
             job = gw.trainers.get_job(row["service"], row["job_id"])
             with tx(gw.engine) as conn:
-                _mirror(conn, finetune_id, job)
-            raise Conflict(f"finetune '{finetune_id}' already {job.get('status')}") from None
+                mirror.mirror(conn, finetune_id, job)
+            raise Conflict(f"finetune '{finetune_id}' already {job.status.value}") from None
         with tx(gw.engine) as conn:
-            _mirror(conn, finetune_id, job)
+            mirror.mirror(conn, finetune_id, job)
     else:
         with tx(gw.engine) as conn:
             if row["start_claimed_at"] is not None:
@@ -412,73 +315,3 @@ def cancel(gw: Gateway, who: Principal, finetune_id: str) -> FinetunePublic:
         if not moved:
             raise Conflict(f"finetune '{finetune_id}' changed while cancelling it; try again")
     return get(gw, who, finetune_id)
-
-
-# --------------------------------------------------------------------------- mirroring the job
-
-
-def _parse_time(value: Any) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) else None
-
-
-def _job_values(job: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "progress": job.get("progress") or {},
-        "metrics": job.get("metrics") or {},
-        "error": job.get("error"),
-        "output_uri": job.get("output_uri"),
-        "log_uri": job.get("log_uri"),
-        "started_at": _parse_time(job.get("started_at")),
-        "finished_at": _parse_time(job.get("finished_at")),
-        "refreshed_at": db.utcnow(),
-    }
-
-
-def _mirror(conn: Connection, finetune_id: str, job: dict[str, Any]) -> None:
-    """Copy a job's state onto its finetune; a status change goes through the transition table."""
-    job_id = job.get("id")
-    values = _job_values(job)
-    try:
-        to = FS(str(job.get("status")))
-    except ValueError:
-        log.warning("finetune %s: job %s has an unknown status %r", finetune_id, job_id, job.get("status"))
-        return
-    same_job = db.finetunes.c.job_id == job_id
-    moved = to != FS.pending and db.set_finetune_status(
-        conn, finetune_id, to, message=f"job {job_id} {to.value}", data={"job_id": job_id},
-        level=EventLevel.error if to == FS.failed else EventLevel.info,
-        only_from=FINETUNE_ACTIVE, where=(same_job,), **values,
-    )
-    if not moved:
-        db.update_finetune(conn, finetune_id, same_job, db.finetunes.c.status.in_([s.value for s in FINETUNE_ACTIVE]),
-                           **values)
-
-
-def refresh(gw: Gateway, finetune_id: str, *, timeout: float | None = None) -> None:
-    """Mirror one active finetune's job. A job the service no longer knows fails the finetune
-    (never stuck); a service that cannot be reached changes nothing.
-
-    Raises: ServiceUnavailable and other TrainyardErrors from the service."""
-    with tx(gw.engine) as conn:
-        row = db.get_finetune(conn, finetune_id, None)
-    if not FS(row["status"]).has_job:
-        return
-    try:
-        job = gw.trainers.get_job(row["service"], row["job_id"], timeout=timeout)
-    except NotFound:
-        with tx(gw.engine) as conn:
-            db.set_finetune_status(
-                conn, finetune_id, FS.failed, level=EventLevel.error,
-                message=f"the {row['service']} service no longer knows job {row['job_id']}",
-                only_from=FINETUNE_ACTIVE, where=(db.finetunes.c.job_id == row["job_id"],),
-                error={"code": "job_lost", "message": f"the {row['service']} service has no job {row['job_id']}"},
-                finished_at=db.utcnow(), refreshed_at=db.utcnow(),
-            )
-        return
-    with tx(gw.engine) as conn:
-        _mirror(conn, finetune_id, job)
-    if job.get("status") == FS.completed.value:
-        try:
-            models.register(gw, finetune_id)
-        except TrainyardError as e:  # the refresher's next tick registers it
-            log.warning("finetune %s: model not registered yet: %s", finetune_id, e.detail)

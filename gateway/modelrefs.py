@@ -18,7 +18,7 @@ from common.errors import NotFound
 from common.schemas import FinetuneStatus
 from common.settings import Settings
 from gateway import db
-from gateway.models import finetune_id_of
+from gateway.db import finetune_id_of
 
 FINETUNE_ID_RE = re.compile(r"^ft-[0-9a-f]{12}$")
 

@@ -41,22 +41,14 @@ from common.schemas import (
 from gateway import db
 from gateway.auth import Principal
 from gateway.context import Gateway
+from gateway.db import finetune_id_of, model_id
 
 log = logging.getLogger("trainyard.gateway.models")
 
 FS = FinetuneStatus
-PREFIX = "ft:"
+EV = db.FinetuneEventType
 METRICS_FILE = "metrics.json"  # written by the training program beside the adapter
 DEFAULT_METHOD = Customization.model_fields["method"].default
-
-
-def model_id(finetune_id: str) -> str:
-    """The id of the model a finetune produces (known from its creation on)."""
-    return f"{PREFIX}{finetune_id}"
-
-
-def finetune_id_of(model_id: str) -> str | None:
-    return model_id[len(PREFIX):] if model_id.startswith(PREFIX) else None
 
 
 def merged_target(adapter_uri: str) -> str:
@@ -65,18 +57,6 @@ def merged_target(adapter_uri: str) -> str:
 
 
 # --------------------------------------------------------------------------- public shapes
-
-
-def public(row: RowMapping) -> ModelPublic:
-    created = db.aware(row["created_at"])
-    return ModelPublic(
-        id=row["id"], created=int(created.timestamp()) if created else 0, owned_by=row["workspace_id"],
-        kind=ModelKind.fine_tuned, name=row["name"], base_model=row["base_model"], provider=row["provider"],
-        method=row["method"], training_type=row["training_type"], training_params=row["training_params"],
-        metrics=ModelMetrics.model_validate(row["metrics"]), size_bytes=row["size_bytes"],
-        adapter_uri=row["adapter_uri"], merged_uri=row["merged_uri"], finetune_id=row["finetune_id"],
-        workspace_id=row["workspace_id"], created_at=created,
-    )
 
 
 def base_public(entry: CatalogModel) -> ModelPublic:
@@ -125,7 +105,7 @@ def register(gw: Gateway, finetune_id: str) -> RowMapping | None:
         else:
             done = db.replace_model(conn, mid, existing["job_id"], row)
         if done:
-            db.add_event(conn, finetune_id, "model", f"model {mid} registered", data={"model": mid, "uri": output})
+            db.add_event(conn, finetune_id, EV.model, f"model {mid} registered", data={"model": mid, "uri": output})
         registered = db.get_model(conn, mid, None)
     if done:
         log.info("registered model %s (%s)", mid, output)
@@ -166,7 +146,7 @@ def list_(gw: Gateway, who: Principal) -> ModelsPublic:
     register_missing(gw, who.workspace_id)
     with tx(gw.engine) as conn:
         rows = db.list_models(conn, who.workspace_id)
-    return ModelsPublic(data=[base_public(m) for m in catalog(gw.settings)] + [public(r) for r in rows])
+    return ModelsPublic(data=[base_public(m) for m in catalog(gw.settings)] + [db.model_public(r) for r in rows])
 
 
 def _fine_tuned(gw: Gateway, workspace_id: str, model_id_: str) -> RowMapping:
@@ -197,7 +177,7 @@ def get(gw: Gateway, who: Principal, model_id_: str) -> ModelPublic:
     """Raises: NotFound (unknown, deleted or another workspace's)."""
     if (entry := _base(gw, model_id_)) is not None:
         return base_public(entry)
-    return public(_fine_tuned(gw, who.workspace_id, model_id_))
+    return db.model_public(_fine_tuned(gw, who.workspace_id, model_id_))
 
 
 def delete(gw: Gateway, who: Principal, model_id_: str) -> ModelDeleted:
@@ -210,7 +190,7 @@ def delete(gw: Gateway, who: Principal, model_id_: str) -> ModelDeleted:
     removed = sum(gw.store.delete_prefix(uri) for uri in (row["adapter_uri"], row["merged_uri"]) if uri)
     with tx(gw.engine) as conn:
         db.update_model(conn, model_id_, deleted_at=db.utcnow())
-        db.add_event(conn, row["finetune_id"], "model", f"model {model_id_} deleted ({removed} objects removed)",
+        db.add_event(conn, row["finetune_id"], EV.model, f"model {model_id_} deleted ({removed} objects removed)",
                      data={"model": model_id_})
     return ModelDeleted(id=model_id_)
 
@@ -265,8 +245,8 @@ def record_export(gw: Gateway, workspace_id: str, model_id_: str, merged_uri: st
     with tx(gw.engine) as conn:
         if not db.update_model(conn, model_id_, merged_uri=merged_uri, size_bytes=size):
             raise NotFound(f"model '{model_id_}' not found")
-        db.add_event(conn, row["finetune_id"], "model", f"model {model_id_} exported to {merged_uri}",
+        db.add_event(conn, row["finetune_id"], EV.model, f"model {model_id_} exported to {merged_uri}",
                      data={"model": model_id_, "merged_uri": merged_uri})
         updated = db.get_model(conn, model_id_, workspace_id)
     assert updated is not None
-    return public(updated)
+    return db.model_public(updated)

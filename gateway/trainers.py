@@ -7,14 +7,18 @@ settings (``TRAINYARD_SERVICE_URL_<NAME>``). Failures become the common error tr
     request sent, no answer in time        ServiceNoAnswer (503): the service may have acted on it
     service answered 4xx                   the same status class, with the service's detail
     service answered 5xx or garbage        TrainerServiceError (502)
+
+Answers are validated into the services' own response models (``JobPublic``, ``LogsPublic``), so a
+body that is not one is a TrainerServiceError here, not a KeyError somewhere downstream.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from common.errors import (
     BadRequest,
@@ -24,10 +28,12 @@ from common.errors import (
     TrainyardError,
     Unprocessable,
 )
+from common.schemas import JobPublic, LogsPublic
 from common.service_auth import auth_header
 from common.settings import Settings
 
 log = logging.getLogger("trainyard.gateway.trainers")
+AnswerT = TypeVar("AnswerT", bound=BaseModel)
 
 
 class TrainerServiceError(TrainyardError):
@@ -71,19 +77,21 @@ class TrainerClient:
         except KeyError:
             raise Unprocessable(f"unknown trainer service '{service}' (known: {', '.join(sorted(self.urls))})") from None
 
-    def submit(self, service: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call(service, "POST", "/train", json=body)
+    def submit(self, service: str, body: dict[str, Any]) -> JobPublic:
+        return self._call(JobPublic, service, "POST", "/train", json=body)
 
-    def get_job(self, service: str, job_id: str, *, timeout: float | None = None) -> dict[str, Any]:
-        return self._call(service, "GET", f"/jobs/{job_id}", timeout=timeout)
+    def get_job(self, service: str, job_id: str, *, timeout: float | None = None) -> JobPublic:
+        return self._call(JobPublic, service, "GET", f"/jobs/{job_id}", timeout=timeout)
 
-    def cancel(self, service: str, job_id: str) -> dict[str, Any]:
-        return self._call(service, "POST", f"/jobs/{job_id}/cancel")
+    def cancel(self, service: str, job_id: str) -> JobPublic:
+        return self._call(JobPublic, service, "POST", f"/jobs/{job_id}/cancel")
 
-    def logs(self, service: str, job_id: str, tail: int) -> dict[str, Any]:
-        return self._call(service, "GET", f"/jobs/{job_id}/logs", params={"tail": tail})
+    def logs(self, service: str, job_id: str, tail: int) -> LogsPublic:
+        return self._call(LogsPublic, service, "GET", f"/jobs/{job_id}/logs", params={"tail": tail})
 
-    def _call(self, service: str, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> dict[str, Any]:
+    def _call(
+        self, answer: type[AnswerT], service: str, method: str, path: str, *, timeout: float | None = None, **kw: Any
+    ) -> AnswerT:
         base = self.url(service)
         try:
             r = self.http.request(method, base + path, timeout=timeout or httpx.USE_CLIENT_DEFAULT, **kw)
@@ -100,7 +108,14 @@ class TrainerClient:
         except ValueError:
             body = None
         if r.status_code < 400 and isinstance(body, dict):
-            return body
+            try:
+                return answer.model_validate(body)
+            except ValidationError as e:
+                log.warning("%s %s%s answered a body that is not a %s: %s", method, base, path, answer.__name__, e)
+                raise TrainerServiceError(
+                    f"the {service} trainer service answered {method} {path} with something that is not a "
+                    f"{answer.__name__}"
+                ) from e
         detail = body.get("detail") if isinstance(body, dict) else None
         detail = detail if detail is not None else f"HTTP {r.status_code}"
         if r.status_code == 401:  # our credential, not the caller's: never a 401 to the user

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -38,16 +39,38 @@ from common.schemas import (
     ValidationReport,
 )
 from common.validation import Limits, Stopped, load_tokenizer, validate_uri
-from gateway import datasets, db, finetunes, modelrefs, models
+from gateway import datasets, db, mirror, modelrefs, models
 from gateway.context import Gateway
 
 log = logging.getLogger("trainyard.gateway.workers")
 
 FS = FinetuneStatus
+EV = db.FinetuneEventType
 HEARTBEAT_EVERY = 5.0  # seconds between heartbeats of a running validation
 CLAIM_STALE_AFTER = timedelta(seconds=60)  # a claim without a heartbeat this long is taken over
 IDLE_POLL = 2.0  # seconds a validation thread sleeps when nothing waits (a new request wakes it)
 DEFAULT_MAX_SEQUENCE_LENGTH = TuningParameters.model_fields["max_sequence_length"].default
+
+
+@dataclass(frozen=True)
+class DatasetCheck:
+    """One dataset's validation report, and which dataset it is."""
+
+    dataset_id: str
+    report: ValidationReport
+
+
+@dataclass
+class ValidationOutcome:
+    """What a validation run found: a check per role ("training", "validation") that was validated,
+    or why it could not run (``error``; checks done before the problem are kept)."""
+
+    checks: dict[str, DatasetCheck] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.checks) and all(c.report.valid for c in self.checks.values())
 
 
 class _Tokenizers:
@@ -122,15 +145,15 @@ class ValidationWorker:
             if self.stopping.is_set():
                 with tx(self.gw.engine) as conn:  # hand it back: the next gateway start picks it up
                     if db.update_finetune(conn, finetune_id, *current, validation_claimed_by=None):
-                        db.add_event(conn, finetune_id, "validation", "validation interrupted by a gateway shutdown; "
+                        db.add_event(conn, finetune_id, EV.validation, "validation interrupted by a gateway shutdown; "
                                      "it resumes when a gateway runs again", level=EventLevel.warning)
             return
         except Exception as e:  # never leave a finetune stuck in progress
             log.exception("validation of finetune %s crashed", finetune_id)
-            outcome = {"error": f"validation crashed ({type(e).__name__}); try again or contact the operator"}
+            outcome = ValidationOutcome(error=f"validation crashed ({type(e).__name__}); try again or contact the operator")
         self._record(row, current, outcome)
 
-    def _validate(self, row: RowMapping, current: tuple[Any, ...]) -> dict[str, Any]:
+    def _validate(self, row: RowMapping, current: tuple[Any, ...]) -> ValidationOutcome:
         training_type = TrainingType(row["training_type"])
         hp = row["hyperparameters"] or {}
         limits = Limits(
@@ -147,13 +170,13 @@ class ValidationWorker:
                             self.gw, conn, dataset_id, row["workspace_id"], role, attach_landed=False
                         )
                     except TrainyardError as e:
-                        return {"error": str(e.detail)}
+                        return ValidationOutcome(error=str(e.detail))
                     files.append((role, ds))
         try:
             with tx(self.gw.engine) as conn:
                 model = modelrefs.resolve(conn, self.gw.settings, row["model"], row["workspace_id"])
         except ModelRefused as e:
-            return {"error": str(e.detail)}
+            return ValidationOutcome(error=str(e.detail))
         tokenizer, name_or_note = self.tokenizers.get(model)
         last_beat = time.monotonic()
 
@@ -167,7 +190,7 @@ class ValidationWorker:
                     if not db.update_finetune(conn, row["id"], *current, validation_heartbeat_at=db.utcnow()):
                         raise Stopped  # reset or cancelled meanwhile: the result would be dropped anyway
 
-        outcome: dict[str, Any] = {}
+        outcome = ValidationOutcome()
         for role, ds in files:
             try:
                 report = validate_uri(
@@ -176,22 +199,23 @@ class ValidationWorker:
                     token_note=None if tokenizer is not None else name_or_note, on_progress=on_progress,
                 )
             except StorageError as e:
-                return {**outcome, "error": f"{role} dataset {ds['id']}: {e.detail}"}
-            outcome[role] = (ds["id"], report)
-        if "training" in outcome and "validation" in outcome:
-            _check_same_format(outcome["training"][1], outcome["validation"][1])
+                outcome.error = f"{role} dataset {ds['id']}: {e.detail}"
+                return outcome
+            outcome.checks[role] = DatasetCheck(ds["id"], report)
+        if "training" in outcome.checks and "validation" in outcome.checks:
+            _check_same_format(outcome.checks["training"].report, outcome.checks["validation"].report)
         return outcome
 
-    def _record(self, row: RowMapping, current: tuple[Any, ...], outcome: dict[str, Any]) -> None:
-        reports = {role: v for role, v in outcome.items() if role in ("training", "validation")}
-        ok = "error" not in outcome and bool(reports) and all(r.valid for _, r in reports.values())
+    def _record(self, row: RowMapping, current: tuple[Any, ...], outcome: ValidationOutcome) -> None:
+        ok = outcome.ok
         to = FS.validation_successful if ok else FS.validation_failed
         started = (row["validation"] or {}).get("started_at")
         validation = {
-            "started_at": started, "finished_at": db.utcnow().isoformat(), "error": outcome.get("error"),
-            **{role: report.model_dump(mode="json") for role, (_, report) in reports.items()},
+            "started_at": started, "finished_at": db.utcnow().isoformat(), "error": outcome.error,
+            **{role: c.report.model_dump(mode="json") for role, c in outcome.checks.items()},
         }
-        summary = {role: {"rows": r.rows, "errors_total": r.errors_total} for role, (_, r) in reports.items()}
+        summary = {role: {"rows": c.report.rows, "errors_total": c.report.errors_total}
+                   for role, c in outcome.checks.items()}
         with tx(self.gw.engine) as conn:
             moved = db.set_finetune_status(
                 conn, row["id"], to, message="datasets are valid" if ok else "dataset validation failed",
@@ -200,9 +224,9 @@ class ValidationWorker:
                 validation=validation, validation_claimed_by=None,
             )
             if moved:
-                for _, (dataset_id, report) in reports.items():
-                    status = FS.validation_successful if report.valid else FS.validation_failed
-                    datasets.record_validation(conn, dataset_id, report, status)
+                for c in outcome.checks.values():
+                    status = FS.validation_successful if c.report.valid else FS.validation_failed
+                    datasets.record_validation(conn, c.dataset_id, c.report, status)
         log.info("finetune %s validation: %s%s", row["id"], to.value, "" if moved else " (dropped: finetune changed)")
 
 
@@ -246,10 +270,10 @@ class Refresher:
                 if self.stopping.is_set():
                     return
                 try:
-                    finetunes.refresh(self.gw, finetune_id, timeout=timeout)
+                    mirror.refresh(self.gw, finetune_id, timeout=timeout)
                 except TrainyardError as e:
                     log.debug("finetune %s not refreshed: %s", finetune_id, e.error)
-            finetunes.settle_start_claims(self.gw, self.claim_grace)
+            mirror.settle_start_claims(self.gw, self.claim_grace)
             models.register_missing(self.gw)
         except Exception:  # keep mirroring after a database hiccup
             log.exception("finetune refresh failed")

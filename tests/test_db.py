@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import inspect
 
 from common import db
 from common.errors import Conflict, NotFound
@@ -83,3 +85,50 @@ def test_claim_is_exclusive_under_a_race(engine) -> None:
     for t in threads:
         t.join()
     assert sorted(claimed) == [f"j{i:02d}" for i in range(20)]  # each exactly once
+
+
+def test_job_list_is_filtered_ordered_and_paged_in_sql(engine) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    with db.tx(engine) as conn:
+        for i in range(7):
+            row = {**_job(f"j{i}", backend="dpo" if i == 3 else "huggingface"), "created_at": t0 + timedelta(minutes=i)}
+            row["labels"] = {"workspace": "w1" if i % 2 else "w2", "team": "a"}
+            db.insert_job(conn, row)
+        db.set_status(conn, "j5", JobStatus.running, message="go")
+    with db.tx(engine) as conn:
+        rows, count = db.list_job_rows(conn, backend="huggingface", limit=2, offset=1)
+        assert count == 6 and [r["id"] for r in rows] == ["j5", "j4"]  # newest first, after skipping j6
+        rows, count = db.list_job_rows(conn, backend="huggingface", limit=10, offset=5)
+        assert count == 6 and [r["id"] for r in rows] == ["j0"]
+        rows, count = db.list_job_rows(conn, backend="huggingface", status=JobStatus.running)
+        assert count == 1 and rows[0]["id"] == "j5"
+        rows, count = db.list_job_rows(conn, labels={"workspace": "w1", "team": "a"}, limit=2)
+        assert count == 3 and [r["id"] for r in rows] == ["j5", "j3"]
+        assert db.list_job_rows(conn, labels={"workspace": "nobody"}) == ([], 0)
+
+
+def test_events_page_by_cursor(engine) -> None:
+    with db.tx(engine) as conn:
+        db.insert_job(conn, _job("j1"))
+        db.insert_job(conn, _job("j2"))
+        for i in range(5):
+            db.add_event(conn, "j1", EventType.log, f"line {i}")
+            db.add_event(conn, "j2", EventType.log, f"other {i}")
+    with db.tx(engine) as conn:
+        first = db.list_events(conn, "j1", limit=2)
+        rest = db.list_events(conn, "j1", after_id=first[-1].id, limit=10)
+    assert [e.message for e in first + rest] == [f"line {i}" for i in range(5)]
+    assert all(e.job_id == "j1" for e in rest)
+
+
+def test_init_db_adds_new_indexes_to_an_existing_database(engine) -> None:
+    """A database created before these indexes existed gets them on the next start (twice is harmless)."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_jobs_backend_created")
+        conn.exec_driver_sql("DROP INDEX ix_events_job_id_id")
+    assert "ix_jobs_backend_created" not in {i["name"] for i in inspect(engine).get_indexes("jobs")}
+    db.init_db(engine)
+    db.init_db(engine)
+    for table in (db.jobs, db.events):
+        present = {i["name"] for i in inspect(engine).get_indexes(table.name)}
+        assert {i.name for i in table.indexes} <= present, (table.name, present)

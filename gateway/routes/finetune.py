@@ -83,6 +83,6 @@ def build_router(auth: Auth, tag: str = "finetune") -> APIRouter:
         finetune_id: str, who: Reader, gw: GatewayDep, tail: Annotated[int, Query(ge=0, le=100_000)] = 100
     ) -> Envelope[LogsPublic]:
         """The training job's last `tail` log lines (0: all), from the trainer service."""
-        return Envelope(data=LogsPublic.model_validate(finetunes.logs(gw, who, finetune_id, tail)))
+        return Envelope(data=finetunes.logs(gw, who, finetune_id, tail))
 
     return router
