@@ -66,7 +66,7 @@ def test_two_replicas_launch_each_job_exactly_once(pg_database: str, tmp_path: P
             assert all(ORDER[a] <= ORDER[b] for a, b in zip(statuses, statuses[1:], strict=False))
             for c in clients:  # the log is readable from either replica (the other reads the log_uri copy)
                 logs = c.get(f"/jobs/{job_id}/logs", params={"tail": 0}).json()["logs"]
-                assert any("model directory not found" in line for line in logs), (c.base_url, logs)
+                assert any("no model files under" in line for line in logs), (c.base_url, logs)
         for c in clients:
             listed = c.get("/jobs", params={"limit": 1000}).json()
             assert set(ids) <= {j["id"] for j in listed["data"]}
