@@ -10,6 +10,7 @@ the background refresher, can never move a finetune backwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -173,6 +174,11 @@ Index("ix_models_workspace_created", models.c.workspace_id, models.c.created_at)
 
 def init_db(engine: Engine) -> None:
     metadata.create_all(engine)
+
+
+def sealed_finetunes() -> tuple[Callable[[Engine], None], Table]:
+    """The gateway's table with encrypted secret columns, for `trainyard secrets rotate` (an entry point)."""
+    return init_db, finetunes
 
 
 # --------------------------------------------------------------------------- api keys
