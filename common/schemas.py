@@ -1,7 +1,7 @@
 """Request and response models, defined once and shared by gateway, services and jobs.
 
-The training request follows the Training Studio contract field for field
-(``shared/contracts/003``); extra knobs keep TRL's names. Secrets are ``SecretStr``
+The training request keeps, field for field, the payload existing clients send to every trainer
+service's ``POST /train``; extra knobs keep TRL's names. Secrets are ``SecretStr``
 and write-only: ``public_request()`` strips them before anything is stored or shown.
 """
 
@@ -412,7 +412,7 @@ class ErrorBody(BaseModel):
 
 # =========================================================================== gateway
 # Models of the gateway's /v1/datasets, /v1/finetune and /v1/dataservice/* APIs. Paths, field names
-# and status strings follow the data-service gateway contract (shared/contracts/004); everything a
+# and status strings are those the gateway's existing clients use (docs/gateway.md); everything a
 # finetune adds on top (hyperparameters, progress, validation reports) uses the names above.
 # This section is appended after the trainer models, hence its own imports.
 
@@ -827,7 +827,7 @@ class FinetuneEventPublic(BaseModel):
 
 # =========================================================================== models registry
 # /v1/models: OpenAI's model object (id, object, created, owned_by) plus the registry's fields;
-# names follow the models API of shared/contracts/001 where they fit (training_params, metrics).
+# names follow the model listing fine-tuning clients already read where they fit (training_params, metrics).
 
 import math  # noqa: E402
 
