@@ -10,7 +10,9 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv (and .venv-unsloth unless UNSLOTH=0) from the lock files under locks/
+# UNSLOTH=0: no Unsloth environment (its tests then skip)
+UNSLOTH ?= 1
+install: $(STAMP) newman $(if $(filter 0,$(UNSLOTH)),,unsloth-env) ## create .venv (and .venv-unsloth unless UNSLOTH=0) from the lock files under locks/, and newman
 
 # Every environment installs exactly its lock file (locks/*.txt, hashes checked) with uv, which
 # itself comes from a hashed lock. The CPU build of torch is found through pip's find-links
@@ -70,8 +72,6 @@ postman/node_modules/.installed: postman/package.json postman/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix postman --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: tests/test_postman.py will skip its newman run"; fi
 
-install: newman
-
 .PHONY: newman
 
 api-docs: install ## regenerate docs/API_SPEC.md and the Postman collection from the code (tests fail when stale)
@@ -80,8 +80,8 @@ api-docs: install ## regenerate docs/API_SPEC.md and the Postman collection from
 
 .PHONY: api-docs
 
-# ---- local stack: the gateway on :8080 and every trainer service that exists on :8081-8083
-up: install ## start the gateway (:8080) and the trainer services (:8081-8083) in the background (pids in var/run, logs in var/logs)
+# ---- local stack: the gateway on :8080 and every service that imports on :8081-8084
+up: install ## start the gateway (:8080), the trainer services and the inference service (:8081-8084) in the background (pids in var/run, logs in var/logs)
 	$(PY) -m gateway.localstack up
 
 down: ## stop what `make up` started
@@ -97,7 +97,6 @@ status: ## which parts of the local stack run and answer
 # (locks/unsloth.txt: the train extra + unsloth, torchvision left out since it breaks beside CPU torch).
 # The API processes never import unsloth; GET /info of the Unsloth service says whether it loads here.
 # `make install UNSLOTH=0` (or `make install-core`) skips it; the Unsloth tests then skip with a reason.
-UNSLOTH ?= 1
 UNSLOTH_VENV := .venv-unsloth
 UNSLOTH_STAMP := $(UNSLOTH_VENV)/.installed
 
@@ -109,9 +108,5 @@ $(UNSLOTH_STAMP): locks/unsloth.txt | $(UV)
 	$(UV_PIP) install -q --python $(UNSLOTH_VENV)/bin/python --no-deps --no-build-isolation -e .
 	$(UNSLOTH_VENV)/bin/python -c "import common.train.probes as p; p.unsloth_loads()"
 	touch $@
-
-ifneq ($(UNSLOTH),0)
-install: unsloth-env
-endif
 
 .PHONY: unsloth-env

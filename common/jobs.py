@@ -32,7 +32,7 @@ from common.schemas import (
 )
 from common.secretbox import SecretBox, SecretsUnreadable
 from common.storage import ObjectStore
-from common.trainer import BaseTrainerBackend
+from common.trainer import BaseTrainerBackend, class_path
 
 log = logging.getLogger("trainyard.jobs")
 
@@ -61,7 +61,8 @@ def submit(
     log_uri = request.artifacts.log_uri or store.default_uri("logs", job_id)
     spec_uri = store.default_uri("jobs", job_id, "spec.json")
     public = request.public_request()
-    spec = {"job_id": job_id, "backend": backend.name, "request": public, "output_uri": output_uri, "log_uri": log_uri}
+    spec = {"job_id": job_id, "backend": backend.name, "backend_class": class_path(backend), "request": public,
+            "output_uri": output_uri, "log_uri": log_uri}
     store.put_bytes(spec_uri, json.dumps(spec, indent=2).encode(), content_type="application/json")
     with db.tx(engine) as conn:
         db.insert_job(

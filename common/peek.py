@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from common import components
 from common.errors import BadRequest, StorageError
 from common.schemas import TrainingRequest, TrainingType
 from common.storage import ObjectStore
@@ -25,10 +26,13 @@ MAX_PEEK_BYTES = 1024 * 1024
 MAX_ADAPTER_CHAIN = 8
 CHECKS = {TrainingType.sft: check_sft_row, TrainingType.dpo: check_dpo_row}
 OTHER = {TrainingType.sft: TrainingType.dpo, TrainingType.dpo: TrainingType.sft}
-ADVICE = {
-    TrainingType.sft: "preference data trains on the dpo backend",
-    TrainingType.dpo: "SFT data trains on the huggingface or unsloth backend",
-}
+DATA = {TrainingType.sft: "SFT data", TrainingType.dpo: "preference data"}
+
+
+def advice(other: TrainingType) -> str:
+    """Where data of the ``other`` training type trains, e.g. "preference data trains on the dpo backend"."""
+    names = [c.name for c in components.of_kind(components.Kind.trainer) if c.training_type == other]
+    return f"{DATA[other]} trains on the {' or '.join(names)} backend"
 
 
 def first_row(store: ObjectStore, uri: str) -> tuple[int, Any] | None:
@@ -88,7 +92,7 @@ def dataset_problems(store: ObjectStore, request: TrainingRequest, training_type
             else:
                 problems.append(
                     f"{where}: this is {other.value.upper()} data, but this backend trains "
-                    f"{training_type.value.upper()} ({ADVICE[training_type]})"
+                    f"{training_type.value.upper()} ({advice(other)})"
                 )
     return problems
 

@@ -1,7 +1,7 @@
 """Request and response models, defined once and shared by gateway, services and jobs.
 
-The training request follows the Training Studio contract field for field
-(``shared/contracts/003``); extra knobs keep TRL's names. Secrets are ``SecretStr``
+The training request keeps, field for field, the payload existing clients send to every trainer
+service's ``POST /train``; extra knobs keep TRL's names. Secrets are ``SecretStr``
 and write-only: ``public_request()`` strips them before anything is stored or shown.
 """
 
@@ -13,10 +13,12 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from common import components
 
 JOB_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -410,7 +412,7 @@ class ErrorBody(BaseModel):
 
 # =========================================================================== gateway
 # Models of the gateway's /v1/datasets, /v1/finetune and /v1/dataservice/* APIs. Paths, field names
-# and status strings follow the data-service gateway contract (shared/contracts/004); everything a
+# and status strings are those the gateway's existing clients use (docs/gateway.md); everything a
 # finetune adds on top (hyperparameters, progress, validation reports) uses the names above.
 # This section is appended after the trainer models, hence its own imports.
 
@@ -421,17 +423,28 @@ from pydantic import AliasChoices  # noqa: E402
 T = TypeVar("T")
 
 
-class Provider(StrEnum):
-    """Which trainer service runs a finetune (unknown names are refused with 422)."""
+_PROVIDER_DOC = "Which trainer service runs a finetune (unknown names are refused with 422)."
+if TYPE_CHECKING:
 
-    huggingface = "huggingface"
-    unsloth = "unsloth"
-    dpo = "dpo"
+    class Provider(StrEnum):
+        """The trainer services' names (built from ``common.components`` when this module loads)."""
+
+else:
+    Provider = StrEnum("Provider", {name: name for name in components.trainer_names()})
+    Provider.__doc__ = _PROVIDER_DOC
 
 
 class TrainingType(StrEnum):
     sft = "sft"
     dpo = "dpo"
+
+
+_DATA_OF = {TrainingType.sft: "instruction data", TrainingType.dpo: "preference data"}
+
+
+def _trains(provider: Provider) -> TrainingType:
+    """The training type a provider's own backend trains."""
+    return TrainingType(components.components()[provider.value].training_type)
 
 
 class DatasetType(StrEnum):
@@ -627,7 +640,7 @@ _WORKSPACE_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 class DatasetCreate(Strict):
     name: str = Field(..., min_length=1, max_length=255, description="The file's name, e.g. train.jsonl.")
-    provider: Provider = Field(Provider.huggingface, description="Trainer the dataset is meant for.")
+    provider: Provider = Field(Provider(components.trainer_names()[0]), description="Trainer the dataset is meant for.")
     model: str | None = Field(None, max_length=MAX_MODEL_REF_CHARS, description="Base model the dataset is meant for.")
     type: DatasetType = Field(DatasetType.training, description="training | validation")
     project_id: str = Field("default", pattern=_WORKSPACE_RE, description=f"Project in the workspace. {_ID_DESCRIPTION}")
@@ -710,7 +723,7 @@ class FinetuneCreate(Strict):
     virtual_key: Secret | None = Field(
         None, description="Write-only credential for the base model's weights (used as its Hugging Face token)."
     )
-    provider: Provider = Field(..., description="huggingface | unsloth | dpo: picks the trainer service.")
+    provider: Provider = Field(..., description=f"{' | '.join(components.trainer_names())}: picks the trainer service.")
     model: str = Field(
         ..., min_length=1, max_length=MAX_MODEL_REF_CHARS,
         description="Base model: a hub id (org/name), a path under the configured model directories, or the id of "
@@ -724,8 +737,10 @@ class FinetuneCreate(Strict):
 
     @model_validator(mode="after")
     def _dpo_provider(self) -> FinetuneCreate:
-        if self.provider == Provider.dpo and self.hyperparameters.training_type == TrainingType.sft:
-            raise ValueError("provider 'dpo' trains preference data only; drop hyperparameters.training_type or use 'dpo'")
+        own, asked = _trains(self.provider), self.hyperparameters.training_type
+        if own != TrainingType.sft and asked not in (None, own):  # an SFT provider hands other types on; others cannot
+            raise ValueError(f"provider '{self.provider}' trains {_DATA_OF[own]} only; drop hyperparameters.training_type "
+                             f"or use '{own}'")
         return self
 
     def training_type(self) -> TrainingType:
@@ -733,14 +748,15 @@ class FinetuneCreate(Strict):
 
 
 def training_type_of(provider: Provider, hp: FinetuneHyperparameters) -> TrainingType:
-    if hp.training_type is not None:
-        return hp.training_type
-    return TrainingType.dpo if provider == Provider.dpo else TrainingType.sft
+    return hp.training_type if hp.training_type is not None else _trains(provider)
 
 
 def service_for(provider: Provider, training_type: TrainingType) -> str:
-    """The trainer service a finetune runs on: its provider's, or the DPO service for DPO."""
-    return Provider.dpo.value if training_type == TrainingType.dpo else provider.value
+    """The trainer service a finetune runs on: its provider's, or the first one that trains its type
+    (the DPO service for DPO)."""
+    if _trains(provider) == training_type:
+        return provider.value
+    return next(name for name in components.trainer_names() if _trains(Provider(name)) == training_type)
 
 
 class FinetuneUpdate(Strict):
@@ -811,7 +827,7 @@ class FinetuneEventPublic(BaseModel):
 
 # =========================================================================== models registry
 # /v1/models: OpenAI's model object (id, object, created, owned_by) plus the registry's fields;
-# names follow the models API of shared/contracts/001 where they fit (training_params, metrics).
+# names follow the model listing fine-tuning clients already read where they fit (training_params, metrics).
 
 import math  # noqa: E402
 

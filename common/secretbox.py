@@ -19,12 +19,12 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import Engine, Table, select, update
 
 from common.errors import ServiceUnavailable
-from common.settings import VAR_DIR, Settings
+from common.settings import VAR, Settings
 
 log = logging.getLogger("trainyard.secretbox")
 
 KEYS_ENV = "TRAINYARD_SECRET_KEYS"
-DEV_KEY_FILE = VAR_DIR / "run" / "secret-key"
+DEV_KEY_FILE = Path(VAR, "run", "secret-key")  # under settings.home
 FIELD = "fernet"
 
 
@@ -103,8 +103,9 @@ def from_settings(settings: Settings) -> SecretBox:
                 "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'), "
                 "or set TRAINYARD_DEV_MODE=1 for a generated key file"
             )
-        log.warning("%s is not set: dev mode encrypts secrets with the key in %s", KEYS_ENV, DEV_KEY_FILE)
-        keys = [_dev_key(DEV_KEY_FILE.resolve())]
+        key_file = settings.home / DEV_KEY_FILE
+        log.warning("%s is not set: dev mode encrypts secrets with the key in %s", KEYS_ENV, key_file)
+        keys = [_dev_key(key_file)]
     for i, key in enumerate(keys):
         try:
             Fernet(key)

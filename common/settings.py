@@ -6,30 +6,43 @@ names, so docker-compose, k8s ConfigMaps and the local Makefile agree.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, IPvAnyNetwork, SecretStr
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-VAR_DIR = Path("var")
-# Where the project's code lives; defaults that name project files resolve against it, not the cwd.
+# Where the project's code lives: a source checkout's root, or site-packages when installed.
 PROJECT_HOME = Path(__file__).resolve().parents[1]
+VAR = "var"  # the directory under ``home`` that holds local state (database, objects, logs, run files)
+SERVICE_URL_ENV = "TRAINYARD_SERVICE_URL_"  # + NAME: one entry of service_urls (the older, per-service form)
+
+
+def default_home() -> Path:
+    """The source checkout's root; for an installed package (no checkout) the working directory."""
+    return PROJECT_HOME if (PROJECT_HOME / "pyproject.toml").is_file() else Path.cwd()
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore")
 
+    home: Path = Field(
+        default_factory=default_home,
+        description="TRAINYARD_HOME: every default local path (var/...) lies under it, wherever a process starts. "
+        "Default: the source checkout's root (an installed package: the working directory).",
+    )
+
     # persistence
     database_url: str = Field(
-        default=f"sqlite:///{(VAR_DIR / 'trainyard.db').resolve()}",
+        default_factory=lambda data: f"sqlite:///{data['home'] / VAR / 'trainyard.db'}",
         description="SQLAlchemy URL: SQLite file by default, postgresql+psycopg://... in a cluster.",
     )
 
     # object storage
     storage_root: Path = Field(
-        default=(VAR_DIR / "objects").resolve(),
+        default_factory=lambda data: data["home"] / VAR / "objects",
         description="Root of file:// storage; file URIs outside it are refused.",
     )
     storage_url: str = Field(
@@ -42,7 +55,7 @@ class Settings(BaseSettings):
 
     # what a request may name (common/modelrefs.py, common/outbound.py, common/bodylimit.py)
     model_dirs: list[Path] = Field(
-        default_factory=lambda: [PROJECT_HOME / "var" / "models"],
+        default_factory=lambda data: [data["home"] / VAR / "models"],
         description='Directories a request may name a local base model under (JSON list, e.g. ["/models"]).',
     )
     outbound_allow: list[IPvAnyNetwork] = Field(
@@ -56,12 +69,12 @@ class Settings(BaseSettings):
     # runner
     runner: str = Field(default="local", description="local | kubernetes")
     local_slots: int = Field(default=1, ge=1, description="Concurrent local training processes.")
-    log_dir: Path = Field(default=(VAR_DIR / "logs").resolve())
+    log_dir: Path = Field(default_factory=lambda data: data["home"] / VAR / "logs")
     cancel_grace_seconds: float = Field(default=10.0, gt=0)
     python_executable: str = Field(default="", description="Interpreter for the training program.")
 
     # base models (common/catalog.py)
-    models_dir: Path = Field(default=(VAR_DIR / "models").resolve(), description="Where locally built models live (`make model`).")
+    models_dir: Path = Field(default_factory=lambda data: data["home"] / VAR / "models", description="Where locally built models live (`make model`).")
     model_catalog: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description='Extra or overriding base-model catalog entries, JSON {"<id>": {"path": ..., "gguf_file": ..., '
@@ -73,9 +86,6 @@ class Settings(BaseSettings):
         default="", description="Base URL jobs POST progress to (the report listener); default http://127.0.0.1:<report port>."
     )
     port: int = Field(default=8081, description="Port this process listens on (used for the default public_url).")
-
-    # service identity
-    backend: str = Field(default="huggingface", description="Which backend this service runs.")
 
     # ---------------------------------------------------------------- service credentials (docs/security.md)
     service_token: SecretStr | None = Field(
@@ -137,10 +147,6 @@ class Settings(BaseSettings):
     # ---------------------------------------------------------------- gateway
     # Read by gateway/ only. Secrets are SecretStr (never printed); the gateway refuses to start on a
     # placeholder value (gateway.auth.check_secrets).
-    gateway_port: int = Field(default=8080, description="Port of the public gateway (`trainyard serve gateway`).")
-    gateway_internal_port: int = Field(
-        default=8090, description="Port of the internal-only gateway app (`trainyard serve gateway-internal`)."
-    )
     gateway_serve_internal: bool = Field(
         default=True,
         description="Also mount /v1/dataservice/* on the public gateway. Set false in a cluster and run "
@@ -149,11 +155,13 @@ class Settings(BaseSettings):
     gateway_public_url: str = Field(
         default="", description="Base URL users reach the gateway at, for signed upload URLs; default: the request's."
     )
-    service_url_huggingface: str = Field(default="http://127.0.0.1:8081", description="HuggingFace trainer service.")
-    service_url_unsloth: str = Field(default="http://127.0.0.1:8082", description="Unsloth trainer service.")
-    service_url_dpo: str = Field(default="http://127.0.0.1:8083", description="DPO trainer service.")
+    service_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description='TRAINYARD_SERVICE_URLS: base URL of each service by name (JSON, e.g. {"dpo": "http://dpo:8083"}); '
+        "a service left out keeps its local default (http://127.0.0.1:<its port>). TRAINYARD_SERVICE_URL_<NAME> "
+        "(e.g. TRAINYARD_SERVICE_URL_DPO) sets one entry and wins over the mapping.",
+    )
     service_timeout_seconds: float = Field(default=10.0, gt=0, description="Deadline of each gateway -> service call.")
-    service_url_inference: str = Field(default="http://127.0.0.1:8084", description="Inference service.")
     inference_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Deadline of a gateway -> inference call (a generation, or the wait between streamed chunks)."
     )
@@ -186,9 +194,29 @@ class Settings(BaseSettings):
     inference_max_loaded_bases: int = Field(default=2, ge=1, description="Base models kept in memory (least recently used go).")
     inference_max_adapters: int = Field(default=8, ge=1, description="LoRA adapters kept attached per loaded base.")
     inference_default_max_tokens: int = Field(default=256, ge=1, description="max_tokens when a request sets none.")
-    inference_cache_dir: Path = Field(default=(VAR_DIR / "cache" / "inference").resolve(),
+    inference_cache_dir: Path = Field(default_factory=lambda data: data["home"] / VAR / "cache" / "inference",
                                       description="Local copies of adapters and exports in progress.")
     inference_threads: int = Field(default=0, ge=0, description="Torch CPU threads of the worker; 0: torch's default.")
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, home: Path) -> Path:
+        return home.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _complete_service_urls(self) -> Settings:
+        """Every known service gets a URL: the local default, then the mapping, then TRAINYARD_SERVICE_URL_<NAME>."""
+        from common.components import default_service_urls  # reads the entry points, which import this module
+
+        urls = {**default_service_urls(), **self.service_urls}
+        for key, value in os.environ.items():
+            if key.upper().startswith(SERVICE_URL_ENV) and value:
+                urls[key[len(SERVICE_URL_ENV):].lower()] = value
+        self.service_urls = {name: url.rstrip("/") for name, url in urls.items()}
+        return self
+
+    def service_url(self, name: str) -> str | None:
+        return self.service_urls.get(name)
 
     def progress_base(self, report_port: int | None = None) -> str:
         """Where jobs send progress: public_url, else the report listener on this host."""
@@ -201,6 +229,15 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def env_names() -> frozenset[str]:
+    """Every environment name Settings reads: one per field, plus TRAINYARD_SERVICE_URL_<NAME> per service."""
+    from common.components import default_service_urls
+
+    return frozenset(f"TRAINYARD_{name.upper()}" for name in Settings.model_fields) | {
+        f"{SERVICE_URL_ENV}{name.upper()}" for name in default_service_urls()
+    }
 
 
 # Environment names of the settings that are credentials (every SecretStr field): a process never

@@ -21,14 +21,6 @@ if TYPE_CHECKING:
     from common.storage import ObjectStore
     from common.train.reporting import ProgressReporter
 
-# Backends by name, resolved lazily so importing common never imports a service.
-BACKENDS: dict[str, str] = {
-    "huggingface": "services.huggingface.backend:HuggingFaceBackend",
-    "unsloth": "services.unsloth.backend:UnslothBackend",
-    "dpo": "services.dpo.backend:DPOBackend",
-}
-
-
 @dataclass
 class TrainContext:
     """Everything ``train()`` needs, prepared by the training program."""
@@ -108,14 +100,30 @@ class BaseTrainerBackend(ABC):
         """Train, save the result into ``ctx.output_dir``, return metrics for metrics.json."""
 
 
-def load_backend(name: str) -> BaseTrainerBackend:
-    """Raises: BackendUnavailable for an unknown name or a backend module that fails to import."""
-    target = BACKENDS.get(name)
-    if target is None:
-        raise BackendUnavailable(f"unknown backend '{name}' (known: {', '.join(sorted(BACKENDS))})")
+def class_path(backend: BaseTrainerBackend) -> str:
+    """``module:Class`` of a backend: what a job spec carries so the training program can load it."""
+    return f"{type(backend).__module__}:{type(backend).__qualname__}"
+
+
+def load_backend(ref: str) -> BaseTrainerBackend:
+    """A backend from its ``module:Class`` path, or from a trainer's name (its declared ``Component.backend``:
+    for specs that carry only the name).
+
+    Raises: BackendUnavailable for an unknown name or a backend module that fails to import."""
+    target = ref
+    if ":" not in ref:
+        from common.components import Kind, of_kind
+
+        trainers = {c.name: c.backend for c in of_kind(Kind.trainer)}
+        if ref not in trainers:
+            raise BackendUnavailable(f"unknown backend '{ref}' (known: {', '.join(sorted(trainers))})")
+        target = trainers[ref]
     module_name, _, cls_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise BackendUnavailable(f"backend '{name}' cannot be imported: {e.msg}") from e
-    return getattr(module, cls_name)()
+        raise BackendUnavailable(f"backend '{ref}' cannot be imported: {e.msg}") from e
+    cls = getattr(module, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseTrainerBackend)):
+        raise BackendUnavailable(f"backend '{ref}': {target} is not a trainer backend class")
+    return cls()

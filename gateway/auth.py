@@ -149,15 +149,6 @@ def check_secrets(settings: Settings) -> None:
             )
 
 
-def presented_key(x_portkey_api_key: str | None, authorization: str | None) -> str | None:
-    if x_portkey_api_key:
-        return x_portkey_api_key.strip()
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
-
-
 def authenticate(engine: Engine, key: str | None, scope: Scope) -> Principal:
     """Raises: Unauthorized (no, unknown or revoked key), Forbidden (scope missing)."""
     if not key:

@@ -11,6 +11,7 @@ Each table's row-to-model conversion (``*_public``) sits with its repository fun
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -211,6 +212,11 @@ def init_db(engine: Engine) -> None:
     metadata.create_all(engine)
     add_missing_columns(engine, metadata)
     add_missing_indexes(engine, metadata)
+
+
+def sealed_finetunes() -> tuple[Callable[[Engine], None], Table]:
+    """The gateway's table with encrypted secret columns, for `trainyard secrets rotate` (an entry point)."""
+    return init_db, finetunes
 
 
 # --------------------------------------------------------------------------- api keys

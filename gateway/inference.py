@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import BaseModel
 
+from common.components import Kind, of_kind
 from common.errors import ServiceUnavailable, TrainyardError
 from common.service_auth import auth_header
 from common.settings import Settings
@@ -50,7 +51,8 @@ def _raise_for(r: httpx.Response, body: Any) -> None:
 
 class InferenceClient:
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.url = settings.service_url_inference.rstrip("/")
+        [service] = of_kind(Kind.inference)  # the one inference service (common.components)
+        self.url = settings.service_urls[service.name]
         self.export_timeout = settings.inference_export_timeout_seconds
         t = settings.inference_timeout_seconds
         self.http = httpx.AsyncClient(

@@ -1,6 +1,6 @@
-"""The local stack behind ``make up`` / ``make down``: the gateway on :8080 and every trainer service
-(and the inference service) whose app module imports on :8081-8084, as background processes with pid
-files in var/run and logs in var/logs.
+"""The local stack behind ``make up`` / ``make down``: the gateway on :8080 and every service
+(``common.components``: the trainers and the inference service, :8081-8084) whose app module imports,
+as background processes with pid files in var/run and logs in var/logs under TRAINYARD_HOME.
 
     python -m gateway.localstack up | down | status
 
@@ -27,13 +27,16 @@ from pathlib import Path
 
 import httpx
 
-from common.cli import DEFAULT_PORTS
+from common import components
 from common.secretbox import SecretBox
+from common.settings import VAR, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_DIR = REPO / "var" / "run"
-LOG_DIR = REPO / "var" / "logs"
-COMPONENTS = ("huggingface", "unsloth", "dpo", "inference", "gateway")
+HOME = get_settings().home
+RUN_DIR = HOME / VAR / "run"
+LOG_DIR = HOME / VAR / "logs"
+# the services first, the public gateway last (it checks them on start)
+COMPONENTS = tuple(c.name for c in components.of_kind(components.Kind.trainer, components.Kind.inference)) + ("gateway",)
 LOCAL_OUTBOUND_ALLOW = '["127.0.0.0/8", "::1/128"]'
 SECRETS = {"admin-key": "TRAINYARD_ADMIN_API_KEY", "upload-secret": "TRAINYARD_UPLOAD_SIGNING_SECRET",
            "service-token": "TRAINYARD_SERVICE_TOKEN"}
@@ -43,7 +46,7 @@ STOP_TIMEOUT = 15.0
 
 
 def url(component: str) -> str:
-    return f"http://127.0.0.1:{DEFAULT_PORTS[component]}"
+    return components.components()[component].local_url
 
 
 def _pid(component: str) -> int | None:
@@ -59,11 +62,11 @@ def _pid(component: str) -> int | None:
 
 
 def _importable(component: str) -> bool:
-    """Whether services/<component>/app.py exists and imports (checked in a subprocess: cheap and isolated)."""
-    if importlib.util.find_spec(f"services.{component}") is None:
+    """Whether the component's app module exists and imports (checked in a subprocess: cheap and isolated)."""
+    module = components.components()[component].app.partition(":")[0]
+    if importlib.util.find_spec(module.partition(".")[0]) is None:
         return False
-    code = f"import services.{component}.app"
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True).returncode == 0
+    return subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, capture_output=True).returncode == 0
 
 
 def _generated(path: Path, make: Callable[[], str]) -> str:
@@ -103,7 +106,7 @@ def up() -> list[str]:
             print(f"{component}: already running (pid {pid})")
             continue
         if component != "gateway" and not _importable(component):
-            print(f"{component}: services/{component}/app.py does not import (yet); not started")
+            print(f"{component}: {components.components()[component].app} does not import (yet); not started")
             continue
         if healthy(component):
             print(f"{component}: something else already answers on {url(component)}; not started")
@@ -114,20 +117,20 @@ def up() -> list[str]:
             stderr=subprocess.STDOUT, start_new_session=True,
         )
         (RUN_DIR / f"{component}.pid").write_text(f"{proc.pid}\n")
-        print(f"{component}: starting on {url(component)} (pid {proc.pid}, log var/logs/{component}.log)")
+        print(f"{component}: starting on {url(component)} (pid {proc.pid}, log {LOG_DIR / component}.log)")
         started.append(component)
     deadline = time.monotonic() + HEALTH_TIMEOUT
     waiting = set(started)
     while waiting and time.monotonic() < deadline:
         for component in sorted(waiting):
             if _pid(component) is None:
-                raise SystemExit(f"{component} exited while starting; see var/logs/{component}.log")
+                raise SystemExit(f"{component} exited while starting; see {LOG_DIR / component}.log")
             if healthy(component):
                 waiting.discard(component)
                 print(f"{component}: healthy")
         time.sleep(0.3)
     if waiting:
-        raise SystemExit(f"not healthy after {HEALTH_TIMEOUT:.0f}s: {', '.join(sorted(waiting))}; see var/logs/")
+        raise SystemExit(f"not healthy after {HEALTH_TIMEOUT:.0f}s: {', '.join(sorted(waiting))}; see {LOG_DIR}/")
     return started
 
 
@@ -161,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "up":
         up()
-        print(f"gateway: {url('gateway')}/docs  (API key: {RUN_DIR.relative_to(REPO)}/admin-key "
+        print(f"gateway: {url('gateway')}/docs  (API key: {RUN_DIR}/admin-key "
               "unless TRAINYARD_ADMIN_API_KEY is set)")
     elif args.command == "down":
         down()

@@ -1,7 +1,7 @@
 """The gateway's client of the trainer services: one pooled httpx client, a deadline on every call.
 
 Which service a finetune runs on is data (``common.schemas.service_for``); its URL comes from
-settings (``TRAINYARD_SERVICE_URL_<NAME>``). Failures become the common error tree:
+settings (``service_urls``: ``TRAINYARD_SERVICE_URLS`` or ``TRAINYARD_SERVICE_URL_<NAME>``). Failures become the common error tree:
 
     service not reachable                  ServiceUnavailable (503), naming the service and URL
     request sent, no answer in time        ServiceNoAnswer (503): the service may have acted on it
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from common.components import trainer_names
 from common.errors import (
     BadRequest,
     Conflict,
@@ -54,11 +55,7 @@ class TrainerClient:
     Thread-safe (httpx.Client is); built once in the app lifespan, closed on shutdown."""
 
     def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
-        self.urls = {
-            "huggingface": settings.service_url_huggingface.rstrip("/"),
-            "unsloth": settings.service_url_unsloth.rstrip("/"),
-            "dpo": settings.service_url_dpo.rstrip("/"),
-        }
+        self.urls = {name: settings.service_urls[name] for name in trainer_names()}
         t = settings.service_timeout_seconds
         self.http = httpx.Client(
             timeout=httpx.Timeout(t, connect=min(t, 3.0), pool=min(t, 3.0)),

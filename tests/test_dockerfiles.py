@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from common.settings import Settings
+from common.components import Kind, components, of_kind
+from common.settings import Settings, env_names
 
 REPO = Path(__file__).resolve().parents[1]
 API_IMAGE = "docker/api.Dockerfile"  # the gateway and every trainer service
@@ -35,7 +36,7 @@ API_DEPLOYMENTS = {  # k8s Deployment (all run the API image) -> `trainyard serv
 }
 TRAIN_IMAGE = "docker/train.Dockerfile"
 DOCKERFILES = [API_IMAGE, TRAIN_IMAGE]
-SETTINGS_ENV = {f"TRAINYARD_{name.upper()}" for name in Settings.model_fields}
+SETTINGS_ENV = env_names()
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE)", re.I)
 SECRET_VALUE = re.compile(r"(hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|ghp_[A-Za-z0-9]{20,})")
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -171,9 +172,7 @@ def test_installs_match_pyproject(dockerfile: tuple[str, list[tuple[str, str]]])
 
 def served(command: list[str]) -> tuple[str, int]:
     """The component and port of a container command `trainyard serve <component> --host 0.0.0.0 --port N`."""
-    from common.cli import APPS
-
-    assert command[:2] == ["trainyard", "serve"] and command[2] in APPS, command
+    assert command[:2] == ["trainyard", "serve"] and command[2] in components(), command
     assert command[command.index("--host") + 1] == "0.0.0.0", f"{command}: not reachable from outside the container"
     return command[2], int(command[command.index("--port") + 1])
 
@@ -185,30 +184,25 @@ def test_the_console_script_the_containers_run_exists() -> None:
 def test_every_served_app_imports() -> None:
     from uvicorn.importer import import_from_string
 
-    from common.cli import APPS
-
-    for component, app in APPS.items():
-        assert callable(import_from_string(app)), component  # what `trainyard serve` hands uvicorn
+    for name, component in components().items():
+        assert callable(import_from_string(component.app)), name  # what `trainyard serve` hands uvicorn
 
 
 def test_api_image_serves_the_gateway_by_default() -> None:
-    from common.cli import DEFAULT_PORTS
-
     instrs = instructions(REPO / API_IMAGE)
     assert not [a for kw, a in instrs if kw == "ENTRYPOINT"], "a Deployment's `command` must replace the whole CMD"
     [cmd] = [exec_form(a) for kw, a in instrs if kw == "CMD"]
-    assert served(cmd) == ("gateway", DEFAULT_PORTS["gateway"])
-    assert f"TRAINYARD_PORT={DEFAULT_PORTS['gateway']}" in " ".join(a for kw, a in instrs if kw == "ENV")
+    ports = {name: c.port for name, c in components().items()}
+    assert served(cmd) == ("gateway", ports["gateway"])
+    assert f"TRAINYARD_PORT={ports['gateway']}" in " ".join(a for kw, a in instrs if kw == "ENV")
     exposed = {int(p) for kw, a in instrs if kw == "EXPOSE" for p in a.split()}
     # the inference service runs the model, so it runs from the training image (torch), not this one
-    assert exposed == set(DEFAULT_PORTS.values()) - {DEFAULT_PORTS["inference"]}
+    assert exposed == {c.port for c in components().values() if c.kind != Kind.inference}
     [health] = [a for kw, a in instrs if kw == "HEALTHCHECK"]
     assert "TRAINYARD_PORT" in health, "the health check must follow the port the command serves on"
 
 
 def test_k8s_deployments_serve_their_component_from_the_api_image() -> None:
-    from common.cli import DEFAULT_PORTS
-
     k8s = {}
     for f in (REPO / "k8s" / "base").glob("*.yaml"):
         for doc in yaml.safe_load_all(f.read_text()):
@@ -217,12 +211,12 @@ def test_k8s_deployments_serve_their_component_from_the_api_image() -> None:
     assert set(k8s) == set(API_DEPLOYMENTS) | {"trainyard-inference"}
     [inference] = k8s["trainyard-inference"]["spec"]["template"]["spec"]["containers"]
     assert inference["image"].partition(":")[0] == "ghcr.io/trainyard/train"
-    assert served(inference["command"]) == ("inference", DEFAULT_PORTS["inference"])
+    assert served(inference["command"]) == ("inference", components()["inference"].port)
     for deployment, component in API_DEPLOYMENTS.items():
         pod = k8s[deployment]["spec"]["template"]["spec"]
         [ctr] = pod["containers"]
         assert ctr["image"].partition(":")[0] == "ghcr.io/trainyard/api", (deployment, ctr["image"])
-        port = DEFAULT_PORTS[component]
+        port = components()[component].port
         assert served(ctr["command"]) == (component, port), (deployment, ctr["command"])
         assert ctr["ports"][0]["containerPort"] == port
         assert {e["name"]: e.get("value") for e in ctr["env"]}["TRAINYARD_PORT"] == str(port)
@@ -288,13 +282,14 @@ def test_compose_uses_real_settings_names(compose: dict[str, Any], monkeypatch: 
     assert gateway["build"]["dockerfile"] == API_IMAGE and gateway["image"].startswith("trainyard/api:")
     assert served(gateway["command"]) == ("gateway", 8080) and "8080:8080" in gateway["ports"]
     assert gateway["environment"]["TRAINYARD_PORT"] == "8080"
-    for backend, port in (("huggingface", 8081), ("unsloth", 8082), ("dpo", 8083)):
+    trainers = [(c.name, c.port) for c in of_kind(Kind.trainer)]
+    for backend, port in trainers:
         assert gateway["environment"][f"TRAINYARD_SERVICE_URL_{backend.upper()}"] == f"http://{backend}:{port}"
-    for backend, port in (("huggingface", 8081), ("unsloth", 8082), ("dpo", 8083)):
+    for backend, port in trainers:
         svc = compose["services"][backend]
         env = svc["environment"]
         assert storage_keys | {"TRAINYARD_DATABASE_URL", "TRAINYARD_S3_ENDPOINT_URL"} <= set(env)
-        assert env["TRAINYARD_BACKEND"] == backend and env["TRAINYARD_PORT"] == str(port)
+        assert "TRAINYARD_BACKEND" not in env and env["TRAINYARD_PORT"] == str(port)  # the app is the backend
         # the training image: on the local runner the service trains in its own container
         assert svc["build"]["dockerfile"] == TRAIN_IMAGE
         # on the compose network only: the gateway reaches it with the service token (docs/security.md)

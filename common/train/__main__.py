@@ -8,7 +8,11 @@ into the job's error; secrets never reach stdout or stderr.
 
 Spec (JSON at SPEC_URI)::
 
-    {"job_id", "backend", "request": <TrainingRequest without secrets>, "output_uri", "log_uri"}
+    {"job_id", "backend", "backend_class": "module:Class", "request": <TrainingRequest without secrets>,
+     "output_uri", "log_uri"}
+
+``backend_class`` is the class the program loads (no registry needed); a spec without it names the
+backend by its trainer name (``backend``).
 
 Environment: TRAINYARD_JOB_SECRETS_FILE (the request's secrets and the report token,
 read and removed at start: ``common.jobsecrets``), TRAINYARD_PROGRESS_URL (see
@@ -111,7 +115,7 @@ def run(spec_uri: str, secrets: dict[str, Any], reporter: ProgressReporter) -> d
     if not output_uri:
         raise SpecError("the job spec has no output_uri and the request no artifacts.output_uri")
 
-    backend = load_backend(spec["backend"])
+    backend = load_backend(spec.get("backend_class") or spec["backend"])
     # "local" is literally true in here: this process is where training runs, so the packages must be
     # importable here. Runner-specific limits (e.g. GPUs on Kubernetes) were checked before launch.
     backend.validate(request, runner="local")

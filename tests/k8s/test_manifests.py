@@ -21,9 +21,10 @@ import pytest
 import yaml
 from kubernetes import client
 
+from common.components import Kind, of_kind
 from common.runners.k8s_spec import SECRETS_KEY, build_job, build_job_secret, job_name
 from common.schemas import Resources
-from common.settings import Settings
+from common.settings import Settings, env_names
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -31,7 +32,7 @@ VERSIONS = ("1.30", "1.37")
 OVERLAYS = ["base", "overlays/production", "overlays/kind", "overlays/gpu"]
 NAMESPACED = {"Deployment", "Service", "ConfigMap", "Secret", "ServiceAccount", "Role", "RoleBinding",
               "NetworkPolicy", "PodDisruptionBudget", "Job"}
-SETTINGS_ENV = {f"TRAINYARD_{name.upper()}" for name in Settings.model_fields}
+SETTINGS_ENV = env_names()
 
 
 def validate(obj: dict[str, Any]) -> None:
@@ -205,10 +206,10 @@ def test_deployments_are_replicated_probed_and_non_root(rendered: dict[str, list
         assert svc["spec"]["selector"].items() <= labels.items()
         assert all(p["targetPort"] in ports for p in svc["spec"]["ports"])
         assert labels["app.kubernetes.io/name"] in pdbs
-    for backend, port in (("huggingface", 8081), ("unsloth", 8082), ("dpo", 8083)):
+    for backend, port in ((c.name, c.port) for c in of_kind(Kind.trainer)):
         ctr = deployments[f"trainyard-{backend}"]["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e.get("value") for e in ctr["env"]}
-        assert env["TRAINYARD_PORT"] == str(port) and env["TRAINYARD_BACKEND"] == backend
+        assert env["TRAINYARD_PORT"] == str(port) and "TRAINYARD_BACKEND" not in env  # the app is the backend
         assert env["TRAINYARD_PUBLIC_URL"] == f"http://trainyard-{backend}.trainyard.svc:{port + 1000}"
         assert env["TRAINYARD_REPORT_PORT"] == str(port + 1000)
         assert {"secretRef": {"name": "trainyard-service"}} in ctr["envFrom"]
