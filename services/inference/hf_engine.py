@@ -218,6 +218,7 @@ class TransformersEngine:
         tok, streamer, stop_hit = base.tokenizer, _TokenQueue(), threading.Event()
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new, "streamer": streamer, "pad_token_id": tok.pad_token_id,
+            "min_new_tokens": min(request.min_tokens, max_new),
             "stopping_criteria": StoppingCriteriaList([_Until(lambda: stop_hit.is_set() or cancelled())]),
         }
         if request.temperature > 0:
