@@ -12,7 +12,7 @@ side goes first alternates too), each warmed up first (the first request loads t
 generate greedily with the same token limit and, by default, the same minimum (``min_tokens``, so a
 model that would end its turn early still produces answers of equal length on both sides). Tokens are
 what each side generated (``usage`` for the served side); time runs from the request (the plain side:
-from the chat template) to the last token. The plain side runs with the worker's OpenMP wait policy
+from the chat template) to the last token, and both sides decode text as each token comes. The plain side runs with the worker's OpenMP wait policy
 (idle threads sleep), so neither side's idle threads spin on the CPUs the other needs.
 """
 
@@ -55,14 +55,21 @@ def local_runner(model_id: str, max_tokens: int, min_tokens: int):  # type: igno
     tok = AutoTokenizer.from_pretrained(path, **extra)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **extra).eval()
 
-    class FirstToken(BaseStreamer):
+    class TextSoFar(BaseStreamer):
+        """Text as it is generated (a plain streaming loop decodes each token, as the worker does)."""
+
         def __init__(self) -> None:
-            self.calls, self.first = 0, 0.0
+            self.ids: list[int] | None = None  # None until the prompt, which comes first, has passed
+            self.first, self.text = 0.0, ""
 
         def put(self, value: torch.Tensor) -> None:
-            self.calls += 1
-            if self.calls == 2:  # the first call carries the prompt
+            if self.ids is None:
+                self.ids = []
+                return
+            if not self.ids:
                 self.first = time.perf_counter()
+            self.ids.extend(value.reshape(-1).tolist())
+            self.text = tok.decode(self.ids, skip_special_tokens=True)
 
         def end(self) -> None:
             pass
@@ -71,12 +78,11 @@ def local_runner(model_id: str, max_tokens: int, min_tokens: int):  # type: igno
         start = time.perf_counter()
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
         ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
-        streamer = FirstToken()
+        streamer = TextSoFar()
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
                                  min_new_tokens=min_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id or tok.eos_token_id, streamer=streamer)
-        tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         total = time.perf_counter() - start
         return streamer.first - start, total, int(out.shape[1] - ids.shape[1])
 
