@@ -21,6 +21,7 @@ from common.settings import Settings
 from common.storage import ObjectStore
 from gateway import auth, db
 from gateway.context import Gateway
+from gateway.inference import InferenceClient
 from gateway.models import ServedModel, merged_target, record_export, resolve_for_inference
 from gateway.trainers import TrainerClient
 from tests.gateway.conftest import GATEWAY, HF_SERVICE
@@ -54,7 +55,8 @@ def in_process_gateway(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
-    return Gateway(settings, make_engine(settings.database_url), ObjectStore(settings), TrainerClient(settings), b"-")
+    return Gateway(settings, make_engine(settings.database_url), ObjectStore(settings), TrainerClient(settings), b"-",
+                   InferenceClient(settings))
 
 
 def test_a_finetune_registers_a_model_the_openai_client_lists_retrieves_and_deletes(
