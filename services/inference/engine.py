@@ -27,6 +27,7 @@ class ModelRef:
 class GenerationRequest:
     model: ModelRef
     max_tokens: int
+    min_tokens: int = 0  # the end of turn cannot end the answer before this many tokens
     prompt: str | None = None  # raw text (completions), or
     messages: list[dict[str, str]] | None = None  # a conversation, rendered with the model's chat template
     temperature: float = 1.0

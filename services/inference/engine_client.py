@@ -21,6 +21,7 @@ from typing import Any
 from common.errors import ServiceUnavailable, TrainyardError
 from common.settings import Settings
 from services.inference import worker
+from services.inference.engine import Text
 
 log = logging.getLogger("trainyard.inference")
 _DEAD = "the inference worker exited while handling the request; it restarts on the next request"
@@ -30,6 +31,20 @@ def _error(status: int, error: str, detail: str) -> TrainyardError:
     exc = TrainyardError(detail, error=error)
     exc.status_code = status
     return exc
+
+
+def _coalesced(first: tuple[Any, ...], queue: asyncio.Queue[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``first`` and every message already waiting behind it, consecutive text events joined into one:
+    when the event loop falls behind the worker, one chunk carries what piled up, not one per token."""
+    batch = [first]
+    while not queue.empty():
+        msg = queue.get_nowait()
+        last = batch[-1]
+        if msg[0] == last[0] == "event" and isinstance(msg[2], Text) and isinstance(last[2], Text):
+            batch[-1] = ("event", msg[1], Text(last[2].text + msg[2].text))
+        else:
+            batch.append(msg)
+    return batch
 
 
 class EngineClient:
@@ -100,14 +115,14 @@ class EngineClient:
         try:
             self._send((kind, rid, caller, payload))
             while True:
-                msg = await queue.get()
-                if msg[0] == "error":
-                    finished = True
-                    raise _error(*msg[2:])
-                finished = msg[0] == "done"
-                yield msg
-                if finished:
-                    return
+                for msg in _coalesced(await queue.get(), queue):
+                    if msg[0] == "error":
+                        finished = True
+                        raise _error(*msg[2:])
+                    finished = msg[0] == "done"
+                    yield msg
+                    if finished:
+                        return
         finally:
             self._pending.pop(rid, None)
             if not finished and self._conn is not None:

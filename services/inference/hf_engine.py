@@ -76,6 +76,21 @@ class _TokenQueue(BaseStreamer):
     def end(self) -> None:
         self.queue.put(None)
 
+    def pieces(self) -> Iterator[list[int]]:
+        """Token ids as ``generate`` makes them; ids that piled up while the caller was busy come as one
+        piece, so a consumer slower than the model decodes and sends once per batch, not once per token."""
+        while (piece := self.queue.get()) is not None:
+            while True:
+                try:
+                    more = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    yield piece
+                    return
+                piece += more
+            yield piece
+
 
 class _Until(StoppingCriteria):
     def __init__(self, stop: Callable[[], bool]) -> None:
@@ -218,6 +233,7 @@ class TransformersEngine:
         tok, streamer, stop_hit = base.tokenizer, _TokenQueue(), threading.Event()
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new, "streamer": streamer, "pad_token_id": tok.pad_token_id,
+            "min_new_tokens": min(request.min_tokens, max_new),
             "stopping_criteria": StoppingCriteriaList([_Until(lambda: stop_hit.is_set() or cancelled())]),
         }
         if request.temperature > 0:
@@ -246,7 +262,7 @@ class TransformersEngine:
         emitted = 0
         text = ""
         stops = request.stop
-        while (piece := streamer.queue.get()) is not None:
+        for piece in streamer.pieces():
             tokens.extend(piece)
             text = tok.decode(tokens, skip_special_tokens=True)
             if text.endswith("\ufffd"):

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BASE_MODEL_HEADER = "x-trainyard-base-model"
 ADAPTER_HEADER = "x-trainyard-adapter-uri"
@@ -36,6 +36,11 @@ class _Sampling(_Request):
 
     model: str = Field(min_length=1, description="A base model id or a fine-tuned model id (`GET /v1/models`).")
     max_tokens: int | None = Field(default=None, ge=1, le=32_768, description="Most tokens to generate.")
+    min_tokens: int = Field(
+        default=0, ge=0, le=32_768,
+        description="Fewest tokens to generate: the end of turn cannot end the answer earlier (stop sequences "
+        "still can). vLLM's extension; not more than the token limit.",
+    )
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 is greedy decoding.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     n: int = Field(default=1, description="Choices per request; only 1 is supported.")
@@ -61,6 +66,16 @@ class _Sampling(_Request):
         if stops is not None and any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
         return stops or None
+
+    @model_validator(mode="after")
+    def _min_within_limit(self) -> _Sampling:
+        limit = self.limit()
+        if limit is not None and self.min_tokens > limit:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed the token limit ({limit})")
+        return self
+
+    def limit(self) -> int | None:
+        return self.max_tokens
 
     def stops(self) -> list[str]:
         return list(self.stop or [])
@@ -95,9 +110,6 @@ class CompletionRequest(_Sampling):
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-
-    def limit(self) -> int | None:
-        return self.max_tokens
 
 
 class Usage(BaseModel):

@@ -83,8 +83,9 @@ class InferenceServing:
         raise ServiceUnavailable("the inference worker ended the request without an answer")
 
     def _request(self, ref: ModelRef, body: ChatCompletionRequest | CompletionRequest) -> GenerationRequest:
+        max_tokens = body.limit() or self.settings.inference_default_max_tokens
         common: dict[str, Any] = dict(
-            model=ref, max_tokens=body.limit() or self.settings.inference_default_max_tokens,
+            model=ref, max_tokens=max_tokens, min_tokens=min(body.min_tokens, max_tokens),
             temperature=body.temperature, top_p=body.top_p, stop=body.stops(), seed=body.seed,
         )
         if isinstance(body, ChatCompletionRequest):

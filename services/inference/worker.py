@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
@@ -61,6 +62,10 @@ def make_engine(name: str) -> Engine:
 
 
 def main(conn: Connection, engine_name: str) -> None:
+    # Idle OpenMP threads sleep instead of spinning (libgomp spins by default): the API process and the
+    # gateway relay every token on the same CPUs, and spinning threads starve them between kernels.
+    # Read once, when torch loads (below, in make_engine); an operator's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     engine = make_engine(engine_name)
     jobs = FairQueue()

@@ -139,6 +139,17 @@ def test_completions_stop_sequence_and_length(http: httpx.Client, tiny_model: Pa
     assert "".join(c["choices"][0]["text"] for c in streamed) == cut["choices"][0]["text"]
 
 
+def test_min_tokens_holds_back_the_end_of_turn(http: httpx.Client, tiny_model: Path) -> None:
+    free = _chat(http, str(tiny_model), max_tokens=40)
+    assert free["choices"][0]["finish_reason"] == "stop" and free["usage"]["completion_tokens"] < 40  # ends its turn early
+    held = _chat(http, str(tiny_model), max_tokens=40, min_tokens=40)
+    assert held["choices"][0]["finish_reason"] == "length" and held["usage"]["completion_tokens"] == 40
+    assert held["choices"][0]["message"]["content"].startswith(free["choices"][0]["message"]["content"])
+    r = http.post("/v1/chat/completions", json={"model": str(tiny_model), "messages": [{"role": "user", "content": "hi"}],
+                                                 "max_tokens": 8, "min_tokens": 9})
+    assert r.status_code == 422 and "min_tokens" in r.json()["error"]["message"], r.text
+
+
 def test_adapters_share_one_base_and_change_answers(
     http: httpx.Client, tiny_model: Path, adapters: dict[str, str]
 ) -> None:
