@@ -183,10 +183,12 @@ def answer_prompts(prompts: list[Chat], model: str, adapter_uri: str) -> dict[st
 
 
 def heldout(task: Task) -> tuple[list[Chat], list[str]]:
-    """(prompts, expected answers) of the task's held-out rows: each chat minus its last (assistant) turn."""
+    """(prompts, expected answers) of the task's held-out rows: chat rows minus their last (assistant)
+    turn, or conversational prompt-completion rows split into the two."""
     name = "heldout.jsonl" if (task.data_dir / "heldout.jsonl").is_file() else "validation.jsonl"
     rows = [json.loads(line) for line in (task.data_dir / name).read_text().splitlines() if line.strip()]
-    return [r["messages"][:-1] for r in rows], [r["messages"][-1]["content"] for r in rows]
+    chats = [r["messages"] if "messages" in r else r["prompt"] + r["completion"] for r in rows]
+    return [c[:-1] for c in chats], [c[-1]["content"] for c in chats]
 
 
 def exact_match(answers: list[str], expected: list[str]) -> float:

@@ -23,9 +23,11 @@ pytestmark = [
 PER_QUEUE = 4  # held-out prompts answered per queue: enough to tell 'rose' from noise, few enough to be quick
 
 
-def test_finetuning_the_real_model_raises_heldout_exact_match(tmp_path: Path) -> None:
+def test_finetuning_the_real_model_raises_heldout_exact_match(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "objects").mkdir()
     env = gateway_settings(f"sqlite:///{tmp_path / 'trainyard.db'}", tmp_path / "objects", tmp_path / "logs")
+    env["HF_HUB_OFFLINE"] = "1"  # the catalog serves the model from the installed package
+    monkeypatch.setenv("TRAINYARD_STORAGE_ROOT", env["TRAINYARD_STORAGE_ROOT"])  # where answer.py reads the adapter
     task = demo.TASKS["tickets"]
     prompts, expected = demo.heldout(task)
     picked = [i for i, label in enumerate(expected) if expected[: i + 1].count(label) <= PER_QUEUE]

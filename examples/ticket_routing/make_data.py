@@ -5,7 +5,8 @@
 Deterministic (fixed seed). Training and validation rows are drawn from one set of phrasings;
 ``heldout.jsonl`` uses phrasings that appear in neither, so exact match on it measures whether a
 model learned the routing rather than the sentences. Every row is a chat: the team's short system
-prompt, the ticket as the user turn, the queue name as the assistant turn.
+prompt and the ticket as the prompt, the queue name as the completion (conversational
+prompt-completion rows, so training learns the answer, not the tickets).
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ TRAIN_TEMPLATES = {
         "How do I update the credit card on my {plan}?",
         "There is an unknown charge of {amount} on my statement.",
         "The discount code was not applied and I paid {amount} too much.",
+        "Please refund the {amount} you took for my {plan}, I never used it.",
+        "I need a receipt for tax purposes for order {order}.",
+        "You charged me after I downgraded my {plan}.",
+        "When will I get my money back for {order}?",
     ],
     "login": [
         "I can't log in to my account.",
@@ -59,6 +64,10 @@ TRAIN_TEMPLATES = {
         "How do I change the email I use to sign in?",
         "The login page keeps sending me back to the start on my {device}.",
         "I get 'session expired' every time I try to sign in.",
+        "My new {device} doesn't have my authenticator, so I'm stuck at the code screen.",
+        "Your site says my credentials are invalid.",
+        "I'm locked out of my profile and the reset link is expired.",
+        "Can't access my account from my {device} anymore.",
     ],
     "shipping": [
         "Where is my order {order}? It's been {days}.",
@@ -69,6 +78,10 @@ TRAIN_TEMPLATES = {
         "Order {order} still hasn't shipped after {days}.",
         "Do you deliver to Canada, and how long does it take?",
         "The courier left my {item} at the wrong house.",
+        "My {item} is stuck at the depot, no tracking update for {days}.",
+        "I'm still waiting for my {item}, it's been {days}.",
+        "Please ship order {order} to my work address instead.",
+        "The box was crushed and my {item} is broken.",
     ],
     "bug": [
         "The {page} crashes when I open it on my {device}.",
@@ -79,6 +92,10 @@ TRAIN_TEMPLATES = {
         "Prices on the {page} show as NaN.",
         "The {page} loads forever and then shows an error.",
         "Images don't load on the {page} since the last update.",
+        "The {page} throws an error when I tap it.",
+        "The app closes itself when I open the {page} on my {device}.",
+        "Nothing renders on the {page}, just a white screen.",
+        "Something is wrong with the {page}, it shows an exception.",
     ],
     "feature": [
         "Could you add {wish}?",
@@ -89,6 +106,10 @@ TRAIN_TEMPLATES = {
         "I'd love {wish}, other stores have it.",
         "Would you ever build {wish}?",
         "Feature idea: {wish}.",
+        "Is {wish} coming to the mobile app?",
+        "Please offer {wish}, I would use it every week.",
+        "My team wants {wish}, is it planned?",
+        "Request for the product team: {wish}.",
     ],
     "privacy": [
         "Please delete {data}.",
@@ -99,6 +120,10 @@ TRAIN_TEMPLATES = {
         "I request erasure of {data}.",
         "Who has access to {data}?",
         "Please export {data} and then close my account.",
+        "Do you share {data} with advertisers?",
+        "Erase everything you have about me.",
+        "Under GDPR, tell me what you store about me.",
+        "I want you to forget {data}.",
     ],
 }
 
@@ -149,8 +174,9 @@ def fill(template: str, rng: random.Random) -> str:
 
 
 def row(ticket: str, queue: str) -> dict[str, list[dict[str, str]]]:
-    return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ticket},
-                         {"role": "assistant", "content": queue}]}
+    """TRL's conversational prompt-completion: the loss covers the queue name only, not the ticket."""
+    return {"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ticket}],
+            "completion": [{"role": "assistant", "content": queue}]}
 
 
 def sample(templates: dict[str, list[str]], per_queue: int, rng: random.Random, seen: set[str]) -> list[dict]:
