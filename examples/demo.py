@@ -7,15 +7,18 @@ The default task routes support tickets to one of six team queues (``examples/ti
 SmolLM2-135M-Instruct answers in chatty sentences, never with the bare queue name the team's tools
 expect; a short LoRA fine-tune teaches it the house labels. The flow is the data-service contract's:
 
-1. starts the local stack (`make up`: gateway :8080, trainer services :8081-8083) unless it runs
+1. starts the local stack (`make up`: gateway :8080, trainer services :8081-8083, inference :8084)
+   unless it runs
 2. creates a training and a validation dataset, PUTs each file to its signed URL, attaches it
 3. creates a finetune, attaches the datasets, validates them in the background
 4. starts the finetune and shows live progress (step, loss) until it completes
-5. answers the held-out tickets (phrased unlike any training row) with the base model and with the
-   fine-tuned one, side by side, and prints exact match before and after
-6. stops the stack again if it started it
+5. lists the models registry with the official ``openai`` client (``client.models.list()``)
+6. answers the held-out tickets (phrased unlike any training row) with the base model and with the
+   fine-tuned one through the gateway's ``/v1/chat/completions`` (the inference service), side by
+   side, and prints exact match before and after
+7. stops the stack again if it started it
 
-The demo process itself stays light (httpx only): answers come from ``answer_prompts``.
+The demo process itself stays light (httpx and openai only): the inference service runs the models.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,6 +44,7 @@ from common.catalog import SMOLLM2_ID, TINY_MODEL_ID  # noqa: E402
 from gateway import localstack  # noqa: E402
 
 TERMINAL = ("completed", "failed", "cancelled")
+MAX_ANSWER_TOKENS = 12  # a queue name is one or two tokens; the base model's sentences are cut here
 Chat = list[dict[str, str]]
 
 
@@ -161,25 +167,23 @@ def finetune(c: httpx.Client, task: Task) -> dict[str, Any]:
         tps = f", {m['train_tokens_per_second']:.0f} tokens/s" if m.get("train_tokens_per_second") else ""
         print(f"train loss {m['train_loss']:.4f}, {m.get('runtime_seconds') or 0:.1f}s of training{tps} "
               f"({time.monotonic() - started:.0f}s from start to completed, model loading included)")
+    print(f"model:   {ft['fine_tuned_model']}")
     print(f"adapter: {ft['output_uri']}")
     print(f"logs:    {ft['log_uri']}")
     return ft
 
 
-def answer_prompts(prompts: list[Chat], model: str, adapter_uri: str) -> dict[str, list[str]]:
-    """Greedy answers to ``prompts`` by the base model ("base") and by base + adapter ("fine-tuned").
+def answer_prompts(client: openai.OpenAI, prompts: list[Chat], models: dict[str, str]) -> dict[str, list[str]]:
+    """Greedy answers to ``prompts`` by each of ``models`` ({label: model id}), through the gateway's
+    OpenAI-compatible chat completions (the inference service), with the official ``openai`` client."""
 
-    One subprocess (examples/answer.py) loads the base once and answers both ways, so this process
-    never imports torch.
-    """
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "answer.py"), model, "--adapter", adapter_uri],
-        input=json.dumps(prompts), capture_output=True, text=True, cwd=REPO, check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"answering failed:\n{proc.stderr[-4000:]}")
-    answers = json.loads(proc.stdout)
-    return {"base": answers["base"], "fine-tuned": answers["adapter"]}
+    def ask(model: str, messages: Chat) -> str:
+        reply = client.chat.completions.create(model=model, messages=messages,  # type: ignore[arg-type]
+                                               max_tokens=MAX_ANSWER_TOKENS, temperature=0)
+        return reply.choices[0].message.content or ""
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # keeps the service's queue full; it runs one at a time
+        return {label: list(pool.map(lambda m, model=model: ask(model, m), prompts)) for label, model in models.items()}
 
 
 def heldout(task: Task) -> tuple[list[Chat], list[str]]:
@@ -195,12 +199,13 @@ def exact_match(answers: list[str], expected: list[str]) -> float:
     return sum(a.strip() == e.strip() for a, e in zip(answers, expected, strict=True)) / len(expected)
 
 
-def compare(task: Task, adapter_uri: str) -> dict[str, float]:
+def compare(task: Task, client: openai.OpenAI, fine_tuned: str) -> dict[str, float]:
     """Print base vs fine-tuned answers to held-out prompts; return exact match of each."""
     prompts, expected = heldout(task)
-    step(f"5. {len(prompts)} held-out prompts, phrased unlike any training row: base vs fine-tuned")
+    step(f"6. {len(prompts)} held-out prompts, phrased unlike any training row: base vs fine-tuned, "
+         "through POST /v1/chat/completions")
     started = time.monotonic()
-    answers = answer_prompts(prompts, task.model, adapter_uri)
+    answers = answer_prompts(client, prompts, {"base": task.model, "fine-tuned": fine_tuned})
     print(f"(answered in {time.monotonic() - started:.0f}s)")
 
     def cut(text: str, width: int) -> str:
@@ -218,10 +223,25 @@ def compare(task: Task, adapter_uri: str) -> dict[str, float]:
     return scores
 
 
+def openai_client(gateway: str, key: str) -> openai.OpenAI:
+    """The official OpenAI client pointed at the gateway: the API key is the same one."""
+    return openai.OpenAI(base_url=f"{gateway}/v1", api_key=key, timeout=600, max_retries=0)
+
+
+def show_models(client: openai.OpenAI, fine_tuned: str) -> None:
+    step("5. the models registry: GET /v1/models (openai client.models.list())")
+    for m in client.models.list():
+        extra = m.model_extra or {}
+        mark = "  <- this finetune" if m.id == fine_tuned else ""
+        print(f"  {m.id:<42} {extra.get('kind', ''):<11} owned by {m.owned_by}{mark}")
+
+
 def run(task: Task, key: str, gateway: str) -> dict[str, float]:
     with httpx.Client(base_url=gateway, headers={"x-portkey-api-key": key}, timeout=60) as c:
         ft = finetune(c, task)
-    return compare(task, ft["output_uri"])
+    client = openai_client(gateway, key)
+    show_models(client, ft["fine_tuned_model"])
+    return compare(task, client, ft["fine_tuned_model"])
 
 
 def main() -> None:

