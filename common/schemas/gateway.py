@@ -7,16 +7,31 @@ uses the names of the training and job contracts.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from common import components
-from common.schemas.base import MAX_MODEL_REF_CHARS, MAX_SEED, MAX_STEPS, ModuleNames, Secret, Strict
+from common.schemas.base import MAX_MODEL_REF_CHARS, ModuleNames, Secret, Strict
 from common.schemas.jobs import EventLevel, JobError, Metrics, Progress
-from common.schemas.training import Method, Precision, Resources, TrainingRequest, TrainingType
+from common.schemas.training import (
+    Customization,
+    LossType,
+    LrSchedulerType,
+    Method,
+    Precision,
+    Resources,
+    TargetModules,
+    TrainingRequest,
+    TrainingType,
+    TuningParameters,
+)
 from common.schemas.validation import ValidationReport
 
 T = TypeVar("T")
@@ -104,61 +119,76 @@ FINETUNE_TRANSITIONS: dict[FinetuneStatus, frozenset[FinetuneStatus]] = {
 }
 
 
-# Hyperparameter names copied onto TuningParameters unchanged, and those renamed onto Customization.
-_TUNING_NAMES = (
-    "learning_rate", "batch_size", "per_device_batch_size", "max_steps", "warmup_ratio", "weight_decay",
-    "lr_scheduler_type", "gradient_checkpointing", "max_sequence_length", "logging_steps", "eval_steps",
-    "save_steps", "validation_split", "assistant_only_loss", "seed", "beta", "loss_type", "max_prompt_length",
-)
-_CUSTOMIZATION_NAMES = {
-    "method": "method", "lora_r": "rank", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-    "target_modules": "target_modules", "trainable_layers": "trainable_layers", "precision": "precision",
-}
+@dataclass(frozen=True)
+class _Lands:
+    """Where a hyperparameter lands in the training request: a part of it (``tuning_parameters``,
+    ``customization``) and the field's name there. Kept in the field's metadata."""
+
+    part: str
+    name: str
+
+
+def _shown(value: Any) -> str:
+    """A default as the descriptions show it: JSON's spelling for booleans, numbers in their short form."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _knob(part: type[Strict], name: str, *, doc: str | None = None, **extra: Any) -> Any:
+    """An optional hyperparameter made from the training request's field ``name`` in ``part``: its
+    bounds, its description (unless ``doc`` says it in the gateway's terms) and its default, shown in
+    brackets. Unset, the field is left out of the training request, so the trainer's default applies."""
+    source = part.model_fields[name]
+    lands = _Lands(next(p for p, f in TrainingRequest.model_fields.items() if f.annotation is part), name)
+    text = (doc or source.description or "").rstrip(".")
+    if source.default is not None and source.default is not PydanticUndefined:
+        text += f" [{_shown(source.default)}]"
+    info: FieldInfo = Field(None, description=f"{text}.", **extra)
+    info.metadata = [*source.metadata, lands]
+    return info
 
 
 class FinetuneHyperparameters(Strict):
     """A finetune's knobs: the contract's ``epochs`` plus the trainer's own names (TRL's where they
-    exist). Unset fields take the trainer service's defaults (shown in brackets)."""
+    exist), each one a field of the training request (``TuningParameters``, ``Customization``) with its
+    bounds. Unset fields take the trainer service's defaults (shown in brackets, or in words where computed)."""
 
-    epochs: float | None = Field(None, gt=0, le=1000, description="Passes over the training data [3].")
-    max_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Optimizer steps; overrides epochs when set.")
-    learning_rate: float | None = Field(None, gt=0, lt=1, description="Peak learning rate [2e-4].")
-    batch_size: int | None = Field(None, gt=0, le=4096, description="Effective batch size [8].")
-    per_device_batch_size: int | None = Field(None, gt=0, le=1024, description="Micro-batch [min(batch_size, 8)].")
-    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Fraction of steps warming up [0].")
-    weight_decay: float | None = Field(None, ge=0, lt=1, description="AdamW weight decay [0].")
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] | None = Field(
-        None, description="Learning-rate schedule [linear]."
+    epochs: float | None = _knob(TuningParameters, "num_epochs")
+    max_steps: int | None = _knob(TuningParameters, "max_steps")
+    learning_rate: float | None = _knob(TuningParameters, "learning_rate")
+    batch_size: int | None = _knob(TuningParameters, "batch_size")
+    per_device_batch_size: int | None = _knob(TuningParameters, "per_device_batch_size")
+    warmup_ratio: float | None = _knob(TuningParameters, "warmup_ratio")
+    weight_decay: float | None = _knob(TuningParameters, "weight_decay")
+    lr_scheduler_type: LrSchedulerType | None = _knob(TuningParameters, "lr_scheduler_type")
+    gradient_checkpointing: bool | None = _knob(TuningParameters, "gradient_checkpointing")
+    max_sequence_length: int | None = _knob(
+        TuningParameters, "max_sequence_length", doc="Tokens per row; validation fails rows that are longer."
     )
-    gradient_checkpointing: bool | None = Field(None, description="Trade compute for memory [false].")
-    max_sequence_length: int | None = Field(
-        None, ge=8, le=131072, description="Tokens per row; validation fails rows that are longer [2048]."
-    )
-    logging_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Report progress every N steps [5].")
-    eval_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Evaluate every N steps [once per epoch].")
-    save_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Checkpoint every N steps [at the end only].")
-    validation_split: float | None = Field(
-        None, ge=0, lt=0.5, description="Held out from training when no validation dataset is attached [0.1]."
-    )
-    assistant_only_loss: bool | None = Field(None, description="Chat data: learn only assistant tokens [true].")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed [42].")
+    logging_steps: int | None = _knob(TuningParameters, "logging_steps")
+    eval_steps: int | None = _knob(TuningParameters, "eval_steps")
+    save_steps: int | None = _knob(TuningParameters, "save_steps")
+    validation_split: float | None = _knob(TuningParameters, "validation_split")
+    assistant_only_loss: bool | None = _knob(TuningParameters, "assistant_only_loss")
+    seed: int | None = _knob(TuningParameters, "seed")
     training_type: TrainingType | None = Field(
         None, description="sft | dpo [dpo for provider 'dpo', else sft]; dpo runs on the DPO service."
     )
-    method: Method | None = Field(None, description="lora | qlora | full [lora].")
-    lora_r: int | None = Field(
-        None, gt=0, le=1024, validation_alias=AliasChoices("lora_r", "rank"), description="LoRA rank (alias: rank) [16]."
+    method: Method | None = _knob(Customization, "method")
+    lora_r: int | None = _knob(
+        Customization, "rank", doc="LoRA rank (alias: rank).", validation_alias=AliasChoices("lora_r", "rank")
     )
-    lora_alpha: int | None = Field(None, gt=0, le=4096, description="LoRA alpha [32].")
-    lora_dropout: float | None = Field(None, ge=0, lt=1, description="LoRA dropout [0.05].")
-    target_modules: ModuleNames | Literal["all-linear"] | None = Field(
-        None, description="Modules LoRA wraps [the architecture's attention projections]."
-    )
-    trainable_layers: ModuleNames | None = Field(None, description="method=full: only parameters matching these train.")
-    precision: Precision | None = Field(None, description="bf16 | fp16 | fp32 [bf16, fp32 where unsupported].")
-    beta: float | None = Field(None, gt=0, le=10, description="DPO temperature [0.1].")
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] | None = Field(None, description="DPO loss [sigmoid].")
-    max_prompt_length: int | None = Field(None, ge=8, le=131072, description="DPO: prompt tokens kept [all].")
+    lora_alpha: int | None = _knob(Customization, "lora_alpha")
+    lora_dropout: float | None = _knob(Customization, "lora_dropout")
+    target_modules: TargetModules | None = _knob(Customization, "target_modules")
+    trainable_layers: ModuleNames | None = _knob(Customization, "trainable_layers")
+    precision: Precision | None = _knob(Customization, "precision")
+    beta: float | None = _knob(TuningParameters, "beta")
+    loss_type: LossType | None = _knob(TuningParameters, "loss_type")
+    max_prompt_length: int | None = _knob(TuningParameters, "max_prompt_length")
 
     def to_training_request(
         self,
@@ -173,16 +203,17 @@ class FinetuneHyperparameters(Strict):
         resources: Resources | None = None,
         model_token: str | None = None,
     ) -> TrainingRequest:
-        """The trainer service's ``POST /train`` body for this finetune: the one place the mapping lives.
+        """The trainer service's ``POST /train`` body for this finetune: the one place the mapping lives
+        (each hyperparameter set goes where its field's metadata says).
 
         Raises:
             pydantic.ValidationError: the combination breaks a rule of TrainingRequest.
         """
-        given = self.model_dump(exclude_none=True, mode="json")
-        tuning = {name: given[name] for name in _TUNING_NAMES if name in given}
-        if "epochs" in given:
-            tuning["num_epochs"] = given["epochs"]
-        customization = {dst: given[src] for src, dst in _CUSTOMIZATION_NAMES.items() if src in given}
+        parts: dict[str, dict[str, Any]] = defaultdict(dict)
+        for name, value in self.model_dump(exclude_none=True, mode="json").items():
+            lands = next((m for m in type(self).model_fields[name].metadata if isinstance(m, _Lands)), None)
+            if lands is not None:
+                parts[lands.part][lands.name] = value
         datasets = [{"source": train_uri, "split": "train"}]
         if validation_uri:
             datasets.append({"source": validation_uri, "split": "validation"})
@@ -193,12 +224,11 @@ class FinetuneHyperparameters(Strict):
             {
                 "job_id": job_id,
                 "base_model": base_model,
-                "customization": customization,
                 "resources": resources.model_dump() if resources else {},
                 "datasets": datasets,
                 "artifacts": {"output_uri": output_uri, "log_uri": log_uri},
-                "tuning_parameters": tuning,
                 "labels": labels,
+                **parts,
             }
         )
 

@@ -11,7 +11,7 @@ import json
 import re
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import Field, field_validator, model_validator
 
@@ -36,6 +36,11 @@ JOB_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 class TrainingType(StrEnum):
     sft = "sft"
     dpo = "dpo"
+
+
+LrSchedulerType = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+LossType = Literal["sigmoid", "ipo", "hinge", "robust"]  # TRL's DPO losses offered
+TargetModules: TypeAlias = ModuleNames | Literal["all-linear"]
 
 
 class Method(StrEnum):
@@ -87,15 +92,15 @@ class PeftSpec(Strict):
 class Customization(Strict):
     method: Method = Field(Method.lora, description="lora | qlora | full")
     rank: int = Field(16, gt=0, le=1024, description="LoRA rank r.")
-    target_modules: ModuleNames | Literal["all-linear"] | None = Field(
-        None, description="Modules LoRA wraps; None picks the architecture's attention projections."
+    target_modules: TargetModules | None = Field(
+        None, description="Modules LoRA wraps; unset, the architecture's attention projections."
     )
-    lora_alpha: int = Field(32, gt=0, le=4096)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_alpha: int = Field(32, gt=0, le=4096, description="LoRA alpha (the adapter's scale is alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     trainable_layers: ModuleNames | None = Field(
         None, description="With method=full: only parameters whose names contain one of these train."
     )
-    precision: Precision = Field(Precision.bf16, description="Falls back to fp32 where bf16/fp16 can't run.")
+    precision: Precision = Field(Precision.bf16, description="bf16 | fp16 | fp32; falls back to fp32 where bf16/fp16 can't run.")
     qlora: QLoRASpec = Field(default_factory=QLoRASpec)
     peft: PeftSpec = Field(default_factory=PeftSpec)
 
@@ -130,26 +135,32 @@ class Artifacts(Strict):
 
 
 class TuningParameters(Strict):
-    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
     batch_size: int = Field(8, gt=0, le=4096, description="Effective batch size (per device x accumulation).")
     per_device_batch_size: int | None = Field(None, gt=0, le=1024, description="Micro-batch; default min(batch_size, 8).")
-    num_epochs: float = Field(3, gt=0, le=1000)
-    max_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Overrides num_epochs when set.")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0, lt=1)
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    gradient_checkpointing: bool = False
-    max_sequence_length: int = Field(2048, ge=8, le=131072)
-    logging_steps: int = Field(5, gt=0, le=MAX_STEPS)
+    num_epochs: float = Field(3, gt=0, le=1000, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        None, gt=0, le=MAX_STEPS, description="Optimizer steps; overrides the number of epochs when set."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps warming up.")
+    weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay.")
+    lr_scheduler_type: LrSchedulerType = Field("linear", description="Learning-rate schedule.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    max_sequence_length: int = Field(2048, ge=8, le=131072, description="Tokens per row; longer rows are truncated.")
+    logging_steps: int = Field(5, gt=0, le=MAX_STEPS, description="Report progress every N steps.")
     eval_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Evaluate every N steps; default once per epoch.")
     save_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Checkpoint every N steps; default at the end only.")
-    validation_split: float = Field(0.1, ge=0, lt=0.5, description="Held out from train when no validation dataset.")
+    validation_split: float = Field(
+        0.1, ge=0, lt=0.5, description="Fraction held out from training when no validation dataset is given."
+    )
     assistant_only_loss: bool = Field(True, description="Chat data: learn only assistant tokens.")
-    seed: int = Field(42, ge=0, le=MAX_SEED)
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Random seed.")
     # DPO (TRL names)
     beta: float = Field(0.1, gt=0, le=10, description="DPO temperature.")
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
-    max_prompt_length: int | None = Field(None, ge=8, le=131072, description="DPO: prompt tokens kept (left-truncated).")
+    loss_type: LossType = Field("sigmoid", description="DPO loss.")
+    max_prompt_length: int | None = Field(
+        None, ge=8, le=131072, description="DPO: prompt tokens kept (left-truncated); default all."
+    )
 
 
 class Callbacks(Strict):
