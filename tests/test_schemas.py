@@ -3,10 +3,13 @@ documented from the training schema, and each one landing on its field of ``POST
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 from pydantic import ValidationError
 
 from common.schemas import Customization, FinetuneHyperparameters, TrainingRequest, TuningParameters
+from tests.utils.server import REPO
 
 # What each hyperparameter is called in the training request (written out here, on purpose, to check
 # the schema's own derivation of it).
@@ -84,3 +87,14 @@ def test_values_the_trainer_refuses_are_refused_at_the_gateway() -> None:
         part, field = LANDS[name]
         with pytest.raises(ValidationError):
             PARTS[part].model_validate({field: bad})
+
+
+def test_each_schema_module_imports_only_the_contracts_below_it() -> None:
+    order = ["base", "training", "jobs", "validation", "gateway", "models"]
+    package = REPO / "common" / "schemas"
+    assert sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__") == sorted(order)
+    for i, name in enumerate(order):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        used = {n.module.split(".")[2] for n in ast.walk(tree)
+                if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("common.schemas.")}
+        assert used <= set(order[:i]), f"common/schemas/{name}.py imports {used - set(order[:i])}"
