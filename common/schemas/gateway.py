@@ -48,7 +48,6 @@ else:
     Provider.__doc__ = _PROVIDER_DOC
 
 
-
 _DATA_OF = {TrainingType.sft: "instruction data", TrainingType.dpo: "preference data"}
 
 
