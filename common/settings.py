@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         default_factory=lambda data: [data["home"] / VAR / "models"],
         description='Directories a request may name a local base model under (JSON list, e.g. ["/models"]).',
     )
+    model_hub_check: bool = Field(
+        default=True,
+        description="Check at create time that a hub id outside the catalog exists on the hub (HF_ENDPOINT); "
+        "where no hub can be reached such an id is refused. Set false where jobs reach a hub the gateway cannot.",
+    )
     outbound_allow: list[IPvAnyNetwork] = Field(
         default_factory=list,
         description='CIDR ranges request URLs (webhooks) may reach although private or loopback, e.g. ["127.0.0.0/8"].',

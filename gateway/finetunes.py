@@ -109,6 +109,7 @@ def create(gw: Gateway, who: Principal, body: FinetuneCreate) -> FinetuneCreated
         "training_dataset_id": body.training_dataset_id,
         "validation_dataset_id": body.validation_dataset_id,
     }
+    modelrefs.check_exists(body.model, gw.settings, token=body.virtual_key.get_secret_value() if body.virtual_key else None)
     with tx(gw.engine) as conn:
         model = modelrefs.resolve(conn, gw.settings, body.model, who.workspace_id)
     # Surface cross-field problems now, not at start: build the request once with stand-in files.
@@ -227,6 +228,12 @@ def start(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneStart) ->
     Raises: NotFound; Conflict (not validated, datasets gone, a start already in flight);
     Unprocessable (the service refused the request); ServiceUnavailable (service down or slow:
     the finetune stays ``pk_dataset_validation_successfull``)."""
+    if body.override_model:  # outside the transaction: it may wait for the hub
+        with tx(gw.engine) as conn:
+            row = db.get_finetune(conn, finetune_id, who.workspace_id)
+        if FS(row["status"]) == FS.validation_successful:  # else the Conflict below says why not
+            modelrefs.check_exists(body.override_model, gw.settings, field="override_model",
+                                   token=gw.box.open(row["secrets"]).get("virtual_key"))
     with tx(gw.engine) as conn:
         row = db.get_finetune(conn, finetune_id, who.workspace_id)
         status = FS(row["status"])
