@@ -185,6 +185,9 @@ class Settings(BaseSettings):
     upload_url_ttl_seconds: int = Field(
         default=900, gt=0, le=24 * 3600, description="Lifetime of a signed upload URL (each URL also works only once)."
     )
+    download_url_ttl_seconds: int = Field(
+        default=900, gt=0, le=24 * 3600, description="Lifetime of a signed download URL of a finetune's output files."
+    )
     max_upload_bytes: int = Field(default=5 * 1024**3, gt=0, description="Largest dataset file accepted by an upload URL.")
     max_direct_upload_bytes: int = Field(
         default=100 * 1024**2, gt=0, description="Largest file accepted by the multipart POST /v1/datasets/upload."

@@ -175,6 +175,7 @@ def update(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneUpdate) 
             "validation": None, "validation_run": None, "validation_claimed_by": None, "job_id": None,
             "start_claimed_at": None, "override_model": None, "progress": {}, "metrics": {}, "error": None,
             "output_uri": None, "log_uri": None, "started_at": None, "finished_at": None, "refreshed_at": None,
+            "job_events_after": None,  # the ended jobs stay in ``runs``
         }
         data = {"training_dataset_id": body.training_dataset_id, "validation_dataset_id": body.validation_dataset_id}
         if status == FS.created:
@@ -260,6 +261,7 @@ def start(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneStart) ->
             conn, finetune_id, db.finetunes.c.status == FS.validation_successful.value,
             db.finetunes.c.start_claimed_at.is_(None),
             start_claimed_at=db.utcnow(), job_id=job_id, attempts=row["attempts"] + 1, override_model=body.override_model,
+            job_events_after=None,
         )
         if not claimed:
             raise Conflict(f"finetune '{finetune_id}' is already being started")
@@ -309,6 +311,10 @@ def cancel(gw: Gateway, who: Principal, finetune_id: str) -> FinetunePublic:
             with tx(gw.engine) as conn:
                 mirror.mirror(conn, finetune_id, job)
             raise Conflict(f"finetune '{finetune_id}' already {job.status.value}") from None
+        try:
+            mirror.copy_job_events(gw, finetune_id, row["service"], job.id, timeout=mirror.READ_TIMEOUT)
+        except TrainyardError as e:  # the loss history is best effort here; the cancel itself went through
+            log.info("finetune %s: job events not copied on cancel (%s)", finetune_id, e.error)
         with tx(gw.engine) as conn:
             mirror.mirror(conn, finetune_id, job)
     else:
