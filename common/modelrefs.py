@@ -25,6 +25,7 @@ from common.errors import BadRequest, Unprocessable
 from common.settings import Settings
 from common.storage import ObjectStore
 
+ADAPTER_CONFIG = "adapter_config.json"
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 REFUSED = (
     "not an allowed model: use a hub id (org/name), a path under the configured model directories, "
@@ -52,6 +53,16 @@ def in_model_dirs(ref: str, model_dirs: Iterable[Path]) -> bool:
     except (OSError, ValueError, RuntimeError):
         return False
     return any(resolved == root or root in resolved.parents for root in roots)
+
+
+def looks_like_model(path: Path) -> bool:
+    """A directory ``from_pretrained`` can load: a checkpoint, an adapter, or GGUF weights."""
+    try:
+        return path.is_dir() and (
+            (path / "config.json").is_file() or (path / ADAPTER_CONFIG).is_file() or any(path.glob("*.gguf"))
+        )
+    except OSError:
+        return False
 
 
 def refuse(field: str) -> ModelRefused:

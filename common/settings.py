@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         default_factory=lambda data: [data["home"] / VAR / "models"],
         description='Directories a request may name a local base model under (JSON list, e.g. ["/models"]).',
     )
+    model_hub_check: bool = Field(
+        default=True,
+        description="Check at create time that a hub id outside the catalog exists on the hub (HF_ENDPOINT); "
+        "where no hub can be reached such an id is refused. Set false where jobs reach a hub the gateway cannot.",
+    )
     outbound_allow: list[IPvAnyNetwork] = Field(
         default_factory=list,
         description='CIDR ranges request URLs (webhooks) may reach although private or loopback, e.g. ["127.0.0.0/8"].',
@@ -179,6 +184,9 @@ class Settings(BaseSettings):
     )
     upload_url_ttl_seconds: int = Field(
         default=900, gt=0, le=24 * 3600, description="Lifetime of a signed upload URL (each URL also works only once)."
+    )
+    download_url_ttl_seconds: int = Field(
+        default=900, gt=0, le=24 * 3600, description="Lifetime of a signed download URL of a finetune's output files."
     )
     max_upload_bytes: int = Field(default=5 * 1024**3, gt=0, description="Largest dataset file accepted by an upload URL.")
     max_direct_upload_bytes: int = Field(

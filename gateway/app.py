@@ -29,7 +29,7 @@ from gateway import auth, db, models
 from gateway.context import Gateway
 from gateway.deps import PUBLIC
 from gateway.inference import InferenceClient
-from gateway.routes import dataservice, datasets, finetune, health, uploads
+from gateway.routes import dataservice, datasets, downloads, finetune, health, uploads
 from gateway.routes import inference as inference_routes
 from gateway.routes import models as models_routes
 from gateway.trainers import TrainerClient
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
         app.include_router(inference_routes.openai, prefix="/v1")
         app.include_router(inference_routes.router, prefix="/v1")
         app.include_router(uploads.router)
+        app.include_router(downloads.router)
     if not public or settings.gateway_serve_internal:
         app.include_router(dataservice.router)
     return app

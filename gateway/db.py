@@ -50,6 +50,7 @@ from common.schemas import (
     FinetuneEventPublic,
     FinetuneHyperparameters,
     FinetunePublic,
+    FinetuneRun,
     FinetuneStatus,
     FinetuneValidation,
     ModelKind,
@@ -135,6 +136,8 @@ finetunes = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
+    Column("runs", JSON),  # every ended job: [{job_id, status, output_uri, ...}]; a reset keeps them
+    Column("job_events_after", Integer),  # the current job's last event copied (a cursor on the service)
 )
 Index("ix_finetunes_workspace_created", finetunes.c.workspace_id, finetunes.c.created_at)
 Index("ix_finetunes_workspace_status_created", finetunes.c.workspace_id, finetunes.c.status, finetunes.c.created_at)
@@ -169,6 +172,7 @@ class FinetuneEventType(StrEnum):
     validation = "validation"  # a validation run interrupted
     start = "start"  # a start that created no job
     model = "model"  # its model registered, exported or deleted
+    metrics = "metrics"  # the job's per-step progress (step, loss, eval_loss, learning_rate) and final metrics
 
 
 FINETUNE_LOG = StatusLog(finetunes, FINETUNE_TRANSITIONS, finetune_events, "finetune_id", FinetuneEventType.status)
@@ -352,6 +356,7 @@ def finetune_public(row: RowMapping) -> FinetunePublic:
         created_at=aware(row["created_at"]), updated_at=aware(row["updated_at"]),
         started_at=aware(row["started_at"]), finished_at=aware(row["finished_at"]),
         fine_tuned_model=model_id(row["id"]) if status == FinetuneStatus.completed else None,
+        runs=[FinetuneRun.model_validate(r) for r in row["runs"] or []],
     )
 
 

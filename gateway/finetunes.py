@@ -109,6 +109,7 @@ def create(gw: Gateway, who: Principal, body: FinetuneCreate) -> FinetuneCreated
         "training_dataset_id": body.training_dataset_id,
         "validation_dataset_id": body.validation_dataset_id,
     }
+    modelrefs.check_exists(body.model, gw.settings, token=body.virtual_key.get_secret_value() if body.virtual_key else None)
     with tx(gw.engine) as conn:
         model = modelrefs.resolve(conn, gw.settings, body.model, who.workspace_id)
     # Surface cross-field problems now, not at start: build the request once with stand-in files.
@@ -174,6 +175,7 @@ def update(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneUpdate) 
             "validation": None, "validation_run": None, "validation_claimed_by": None, "job_id": None,
             "start_claimed_at": None, "override_model": None, "progress": {}, "metrics": {}, "error": None,
             "output_uri": None, "log_uri": None, "started_at": None, "finished_at": None, "refreshed_at": None,
+            "job_events_after": None,  # the ended jobs stay in ``runs``
         }
         data = {"training_dataset_id": body.training_dataset_id, "validation_dataset_id": body.validation_dataset_id}
         if status == FS.created:
@@ -227,6 +229,12 @@ def start(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneStart) ->
     Raises: NotFound; Conflict (not validated, datasets gone, a start already in flight);
     Unprocessable (the service refused the request); ServiceUnavailable (service down or slow:
     the finetune stays ``pk_dataset_validation_successfull``)."""
+    if body.override_model:  # outside the transaction: it may wait for the hub
+        with tx(gw.engine) as conn:
+            row = db.get_finetune(conn, finetune_id, who.workspace_id)
+        if FS(row["status"]) == FS.validation_successful:  # else the Conflict below says why not
+            modelrefs.check_exists(body.override_model, gw.settings, field="override_model",
+                                   token=gw.box.open(row["secrets"]).get("virtual_key"))
     with tx(gw.engine) as conn:
         row = db.get_finetune(conn, finetune_id, who.workspace_id)
         status = FS(row["status"])
@@ -253,6 +261,7 @@ def start(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneStart) ->
             conn, finetune_id, db.finetunes.c.status == FS.validation_successful.value,
             db.finetunes.c.start_claimed_at.is_(None),
             start_claimed_at=db.utcnow(), job_id=job_id, attempts=row["attempts"] + 1, override_model=body.override_model,
+            job_events_after=None,
         )
         if not claimed:
             raise Conflict(f"finetune '{finetune_id}' is already being started")
@@ -302,6 +311,10 @@ def cancel(gw: Gateway, who: Principal, finetune_id: str) -> FinetunePublic:
             with tx(gw.engine) as conn:
                 mirror.mirror(conn, finetune_id, job)
             raise Conflict(f"finetune '{finetune_id}' already {job.status.value}") from None
+        try:
+            mirror.copy_job_events(gw, finetune_id, row["service"], job.id, timeout=mirror.READ_TIMEOUT)
+        except TrainyardError as e:  # the loss history is best effort here; the cancel itself went through
+            log.info("finetune %s: job events not copied on cancel (%s)", finetune_id, e.error)
         with tx(gw.engine) as conn:
             mirror.mirror(conn, finetune_id, job)
     else:

@@ -4,7 +4,9 @@ Once a finetune is started, its status, progress, metrics and output mirror its 
 (``JobPublic`` from ``gateway.trainers``): on a read of an active finetune (``refresh_if_stale``,
 at most once per ``MIRROR_MAX_AGE``) and from the background refresher (``gateway.workers``). This
 module also settles starts the gateway could not confirm and registers the model of a completed
-job. The user's commands (create, start, cancel...) are in ``gateway.finetunes``; they call in
+job. The job's progress and metrics events (per-step loss, eval loss, learning rate) are copied
+into the finetune's events as ``metrics`` events, after a per-job cursor (``copy_job_events``), and
+every ended job is kept in the finetune's ``runs`` with its output_uri, so a re-run loses nothing. The user's commands (create, start, cancel...) are in ``gateway.finetunes``; they call in
 here, never the other way round.
 """
 
@@ -19,7 +21,16 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from common.db import tx
 from common.errors import Conflict, NotFound, TrainyardError
-from common.schemas import FINETUNE_ACTIVE, EventLevel, FinetuneStatus, JobPublic, JobStatus, TrainingRequest
+from common.schemas import (
+    FINETUNE_ACTIVE,
+    EventLevel,
+    EventPublic,
+    EventType,
+    FinetuneStatus,
+    JobPublic,
+    JobStatus,
+    TrainingRequest,
+)
 from gateway import db, models
 from gateway.context import Gateway
 
@@ -29,6 +40,9 @@ FS = FinetuneStatus
 EV = db.FinetuneEventType
 MIRROR_MAX_AGE = timedelta(seconds=1)  # a read of an active finetune asks the service at most this often
 READ_TIMEOUT = 2.0  # seconds a read waits for the service before answering from the database
+EVENT_PAGE = 1000  # job events fetched per request
+MAX_EVENT_PAGES = 20  # pages copied per refresh; the next refresh continues from the cursor
+COPIED_JOB_EVENTS = (EventType.progress, EventType.metrics)
 
 
 def refresh(gw: Gateway, finetune_id: str, *, timeout: float | None = None) -> None:
@@ -52,6 +66,7 @@ def refresh(gw: Gateway, finetune_id: str, *, timeout: float | None = None) -> N
                 finished_at=db.utcnow(), refreshed_at=db.utcnow(),
             )
         return
+    copy_job_events(gw, finetune_id, row["service"], job.id, timeout=timeout)
     with tx(gw.engine) as conn:
         mirror(conn, finetune_id, job)
     if job.status == JobStatus.completed:
@@ -75,19 +90,69 @@ def refresh_if_stale(gw: Gateway, row: RowMapping) -> bool:
     return True
 
 
+def copy_job_events(gw: Gateway, finetune_id: str, service: str, job_id: str, *, timeout: float | None = None) -> None:
+    """Copy the job's progress and metrics events after the finetune's cursor into its events. The
+    cursor moves conditionally in the same transaction, so two replicas never copy an event twice.
+
+    Raises: ServiceUnavailable and other TrainyardErrors from the service."""
+    for _ in range(MAX_EVENT_PAGES):
+        with tx(gw.engine) as conn:
+            row = db.get_finetune(conn, finetune_id, None)
+        if row["job_id"] != job_id:
+            return
+        after = row["job_events_after"] or 0
+        page = gw.trainers.events(service, job_id, after, limit=EVENT_PAGE, timeout=timeout).data
+        if not page:
+            return
+        with tx(gw.engine) as conn:
+            moved = db.update_finetune(
+                conn, finetune_id, db.finetunes.c.job_id == job_id,
+                (db.finetunes.c.job_events_after == after) if after else db.finetunes.c.job_events_after.is_(None),
+                job_events_after=page[-1].id,
+            )
+            if not moved:  # another replica copied this page
+                return
+            for ev in page:
+                if ev.type in COPIED_JOB_EVENTS:
+                    db.add_event(conn, finetune_id, EV.metrics, ev.message or ev.type.value, level=ev.level,
+                                 data=_metrics_data(job_id, ev))
+        if len(page) < EVENT_PAGE:
+            return
+
+
+def _metrics_data(job_id: str, ev: EventPublic) -> dict[str, Any]:
+    """One flat record: ``step, loss, eval_loss, learning_rate, epoch...`` (progress) or the final
+    metrics (``final: true``), with the job and the time the job reported it."""
+    values = ev.data.get("progress") or {} if ev.type == EventType.progress else ev.data.get("metrics") or {}
+    return {"job_id": job_id, "reported_at": ev.created_at.isoformat(), **values,
+            **({"final": True} if ev.type == EventType.metrics else {})}
+
+
 def mirror(conn: Connection, finetune_id: str, job: JobPublic) -> None:
-    """Copy a job's state onto its finetune; a status change goes through the transition table."""
+    """Copy a job's state onto its finetune; a status change goes through the transition table. An
+    ended job is added to the finetune's ``runs`` (its output_uri is also in the status event)."""
     values = _job_values(job)
     to = FS(job.status.value)  # every job status is a finetune status
     same_job = db.finetunes.c.job_id == job.id
+    data: dict[str, Any] = {"job_id": job.id}
+    if to.terminal:
+        data["output_uri"] = job.output_uri
+        values["runs"] = _with_run(db.get_finetune(conn, finetune_id, None)["runs"], job)
     moved = to != FS.pending and db.set_finetune_status(
-        conn, finetune_id, to, message=f"job {job.id} {to.value}", data={"job_id": job.id},
+        conn, finetune_id, to, message=f"job {job.id} {to.value}", data=data,
         level=EventLevel.error if to == FS.failed else EventLevel.info,
         only_from=FINETUNE_ACTIVE, where=(same_job,), **values,
     )
     if not moved:
         db.update_finetune(conn, finetune_id, same_job, db.finetunes.c.status.in_([s.value for s in FINETUNE_ACTIVE]),
                            **values)
+
+
+def _with_run(runs: list[dict[str, Any]] | None, job: JobPublic) -> list[dict[str, Any]]:
+    run = {"job_id": job.id, "status": job.status.value, "output_uri": job.output_uri, "log_uri": job.log_uri,
+           "started_at": job.started_at.isoformat() if job.started_at else None,
+           "finished_at": job.finished_at.isoformat() if job.finished_at else None}
+    return [*(r for r in runs or [] if r["job_id"] != job.id), run]
 
 
 def _job_values(job: JobPublic) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from common.errors import Forbidden
 
@@ -54,3 +54,28 @@ def verify(
         raise SignatureInvalid("the upload URL's signature does not match; request a new URL")
     if (now if now is not None else time.time()) > expires:
         raise SignatureExpired("the upload URL has expired; request a new one (POST /v1/datasets)")
+
+
+# Download URLs for a finetune's outputs (file:// storage): GET /v1/finetune/{id}/runs/{job}/files/{path}?expires=&sig=
+# Signed like upload URLs, over GET and the file's place; reusable until ``expires`` (a download changes nothing).
+
+
+def sign_download(secret: bytes, finetune_id: str, job_id: str, path: str, expires: int) -> str:
+    msg = f"GET\n{finetune_id}\n{job_id}\n{path}\n{expires}".encode()
+    return hmac.new(secret, msg, hashlib.sha256).hexdigest()
+
+
+def download_url(base_url: str, secret: bytes, finetune_id: str, job_id: str, path: str, ttl_seconds: int) -> tuple[str, int]:
+    """(URL, expiry as unix seconds)."""
+    expires = int(time.time()) + ttl_seconds
+    query = urlencode({"expires": expires, "sig": sign_download(secret, finetune_id, job_id, path, expires)})
+    return f"{base_url.rstrip('/')}/v1/finetune/{finetune_id}/runs/{job_id}/files/{quote(path)}?{query}", expires
+
+
+def verify_download(secret: bytes, finetune_id: str, job_id: str, path: str, expires: int, sig: str) -> None:
+    """Raises: SignatureInvalid (any part changed), SignatureExpired (valid but too late)."""
+    expected = sign_download(secret, finetune_id, job_id, path, expires)
+    if not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "surrogatepass")):
+        raise SignatureInvalid("the download URL's signature does not match; list the artifacts again for a new URL")
+    if time.time() > expires:
+        raise SignatureExpired("the download URL has expired; list the artifacts again (GET /v1/finetune/{id}/artifacts)")

@@ -29,7 +29,7 @@ from common.errors import (
     TrainyardError,
     Unprocessable,
 )
-from common.schemas import JobPublic, LogsPublic
+from common.schemas import EventsPublic, JobPublic, LogsPublic
 from common.service_auth import auth_header
 from common.settings import Settings
 
@@ -79,6 +79,10 @@ class TrainerClient:
 
     def get_job(self, service: str, job_id: str, *, timeout: float | None = None) -> JobPublic:
         return self._call(JobPublic, service, "GET", f"/jobs/{job_id}", timeout=timeout)
+
+    def events(self, service: str, job_id: str, after: int, *, limit: int, timeout: float | None = None) -> EventsPublic:
+        return self._call(EventsPublic, service, "GET", f"/jobs/{job_id}/events", params={"after": after, "limit": limit},
+                          timeout=timeout)
 
     def cancel(self, service: str, job_id: str) -> JobPublic:
         return self._call(JobPublic, service, "POST", f"/jobs/{job_id}/cancel")

@@ -224,6 +224,9 @@ def gateway_flow(label: str, base: str, prefix: str, auth: dict[str, str], v: st
                 tests=ok(check("log lines", "pm.expect(data.logs).to.be.an('array')"))),
         request("Cancel finetune", "POST", f"{ft}/{{{{{v}finetune_id}}}}/cancel", headers=auth,
                 tests=ok(check("cancelled", "pm.expect(data.status).to.eql('cancelled')"))),
+        request("Finetune artifacts", "GET", f"{ft}/{{{{{v}finetune_id}}}}/artifacts", headers=auth,
+                tests=ok(check("the cancelled run", "pm.expect(data.runs[0].status).to.eql('cancelled')"),
+                         check("files or a note", "data.runs.forEach(r => pm.expect(r.files.length > 0 || !!r.note).to.be.true)"))),
         request("Get unknown finetune", "GET", f"{ft}/does-not-exist", headers=auth, tests=error(404)),
     ]
     items = dataset_items + finetune_items

@@ -19,7 +19,7 @@ from pydantic_core import PydanticUndefined
 
 from common import components
 from common.schemas.base import MAX_MODEL_REF_CHARS, ModuleNames, Secret, Strict
-from common.schemas.jobs import EventLevel, JobError, Metrics, Progress
+from common.schemas.jobs import EventLevel, JobError, JobStatus, Metrics, Progress
 from common.schemas.training import (
     Customization,
     LossType,
@@ -372,6 +372,37 @@ class FinetuneValidation(BaseModel):
     error: str | None = Field(None, description="Why validation could not run (e.g. the file is gone).")
 
 
+class FinetuneRun(BaseModel):
+    """One ended job of a finetune (a finetune reset and started again runs a new job)."""
+
+    job_id: str
+    status: JobStatus
+    output_uri: str | None = Field(None, description="Where this job wrote its outputs (may hold nothing if it ended early).")
+    log_uri: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class ArtifactFile(BaseModel):
+    path: str = Field(description="Relative to the run's output, e.g. `adapter_model.safetensors`.")
+    size_bytes: int
+    url: str = Field(description="Signed, short-lived GET URL (no API key needed).")
+    expires_at: datetime
+
+
+class RunArtifacts(BaseModel):
+    job_id: str
+    status: JobStatus
+    output_uri: str | None = None
+    files: list[ArtifactFile] = Field(default_factory=list)
+    note: str | None = Field(None, description="Why there are no files, when there are none.")
+
+
+class ArtifactsPublic(BaseModel):
+    finetune_id: str
+    runs: list[RunArtifacts] = Field(description="Newest first: the current job, then earlier ones.")
+
+
 class FinetunePublic(BaseModel):
     id: str
     name: str
@@ -400,6 +431,9 @@ class FinetunePublic(BaseModel):
     finished_at: datetime | None = None
     fine_tuned_model: str | None = Field(
         None, description="The registered model's id (GET /v1/models/{id}) once the finetune completed; null before."
+    )
+    runs: list[FinetuneRun] = Field(
+        default_factory=list, description="Every ended job, oldest first, with its output_uri (kept across re-runs)."
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import Unprocessable
+from common.modelrefs import ADAPTER_CONFIG
 from common.schemas import Method, Precision, TrainingRequest
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from peft import LoraConfig
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-ADAPTER_CONFIG = "adapter_config.json"
 GGUF_QLORA_REFUSAL = (
     "method 'qlora' cannot train {model}: its weights are a GGUF file, which loads dequantized and "
     "cannot be re-quantized to 4 bits on load; use method 'lora'"

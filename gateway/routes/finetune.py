@@ -2,10 +2,11 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request
 
 from common.schemas import (
     MAX_QUERY_INT,
+    ArtifactsPublic,
     Envelope,
     ErrorBody,
     FinetuneCreate,
@@ -18,7 +19,7 @@ from common.schemas import (
     ListEnvelope,
     LogsPublic,
 )
-from gateway import finetunes
+from gateway import artifacts, finetunes
 from gateway.auth import Principal
 from gateway.deps import Auth, GatewayDep, Limit, Offset
 
@@ -74,9 +75,15 @@ def build_router(auth: Auth, tag: str = "finetune") -> APIRouter:
         after: Annotated[int, Query(ge=0, le=MAX_QUERY_INT, description="Only events with id > after.")] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> ListEnvelope[FinetuneEventPublic]:
-        """The finetune's status changes (validation, start, the job's states)."""
+        """The finetune's status changes (validation, start, the job's states) and its job's training
+        metrics (type `metrics`: step, loss, eval_loss, learning_rate per logged step; `final` at the end)."""
         data = finetunes.events(gw, who, finetune_id, after_id=after, limit=limit)
         return ListEnvelope(data=data, count=len(data))
+
+    @router.get("/{finetune_id}/artifacts", response_model=Envelope[ArtifactsPublic])
+    def finetune_artifacts(finetune_id: str, request: Request, who: Reader, gw: GatewayDep) -> Envelope[ArtifactsPublic]:
+        """Each run's output files (adapter, tokenizer, checkpoints) with signed, short-lived download URLs."""
+        return Envelope(data=artifacts.list_(gw, who, finetune_id, str(request.base_url)))
 
     @router.get("/{finetune_id}/logs", response_model=Envelope[LogsPublic])
     def finetune_logs(

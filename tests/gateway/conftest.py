@@ -41,6 +41,8 @@ def gateway_settings(database_url: str, storage_root: Path, log_dir: Path) -> di
         "TRAINYARD_INTERNAL_TOKEN": INTERNAL_TOKEN,
         "TRAINYARD_UPLOAD_SIGNING_SECRET": SIGNING_SECRET,
         "TRAINYARD_REFRESH_INTERVAL_SECONDS": "0.5",
+        # no hub here: hub ids pass unchecked unless a test turns the check on (test_model_check.py)
+        "TRAINYARD_MODEL_HUB_CHECK": "false",
         # every trainer service is down unless a test starts one and points the gateway at it
         "TRAINYARD_SERVICE_URL_HUGGINGFACE": DEAD_URL,
         "TRAINYARD_SERVICE_URL_UNSLOTH": DEAD_URL,
