@@ -159,11 +159,19 @@ def _record_file(conn: Connection, dataset_id: str, key: str, uri: str, size: in
         )
 
 
+def _empty(key: str) -> Unprocessable:
+    """A 0-byte file is a failed upload (an empty body, a wrong path after ``@``), never a dataset."""
+    return Unprocessable(
+        f"the file at s3_path '{key}' is empty (0 bytes): upload it again with its content as the request body "
+        "(curl --data-binary @file.jsonl or -T file.jsonl)", error="empty_file",
+    )
+
+
 def attach(gw: Gateway, who: Principal, dataset_id: str, s3_path: str) -> DatasetPublic:
     """Record the object a dataset's file is (``PUT /v1/datasets/{id} {"s3_path"}``).
 
-    Raises: NotFound, BadRequest (not the workspace's object), Unprocessable (no object there),
-    Conflict (a finetune is using the dataset)."""
+    Raises: NotFound, BadRequest (not the workspace's object), Unprocessable (no object there, or an
+    empty one), Conflict (a finetune is using the dataset)."""
     with tx(gw.engine) as conn:
         db.get_dataset(conn, dataset_id, who.workspace_id)
     key = _key_of(gw, who.workspace_id, s3_path)
@@ -172,6 +180,8 @@ def attach(gw: Gateway, who: Principal, dataset_id: str, s3_path: str) -> Datase
         info = gw.store.stat(uri)
     except ObjectNotFound as e:
         raise Unprocessable(f"no object at s3_path '{key}': upload the file to the signed URL first") from e
+    if info.size == 0:
+        raise _empty(key)
     with tx(gw.engine) as conn:
         _record_file(conn, dataset_id, key, uri, info.size)
         return db.dataset_public(db.get_dataset(conn, dataset_id, who.workspace_id))
@@ -244,10 +254,15 @@ def _store_and_attach(
 ) -> DatasetPublic:
     if content_length is not None and content_length > limit:
         raise _too_large(limit)
+    if content_length == 0:
+        raise _empty(row["target_key"])
     with tx(gw.engine) as conn:
         _check_replaceable(conn, row["id"])  # fail before reading the body
     uri = gw.store.default_uri(row["target_key"])
     size = gw.store.put_stream(uri, chunks, max_bytes=limit)
+    if size == 0:
+        gw.store.delete(uri)
+        raise _empty(row["target_key"])
     with tx(gw.engine) as conn:
         _record_file(conn, row["id"], row["target_key"], uri, size)
         return db.dataset_public(db.get_dataset(conn, row["id"], None))

@@ -38,6 +38,7 @@ def test_quickstart_script_runs_as_written(tmp_path: Path, tiny_model: Path) -> 
             ["bash", str(SCRIPT)], capture_output=True, text=True, timeout=900,
             env={**os.environ, "TRAINYARD_URL": gateway.url, "TRAINYARD_KEY": ADMIN_KEY},
         )
+        print(run.stdout)  # what a user sees (pytest -s)
         assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
 
         sft_id, dpo_id = re.findall(r"^(?:SFT|DPO) finetune (ft-[0-9a-f]+):$", run.stdout, re.M)
