@@ -78,6 +78,60 @@ JOB_MEANING = {
 }
 
 
+# A request example per body schema, shown under every route that takes it. Each is validated
+# against its model when the page is built, so an example that no longer parses stops the build.
+EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {  # schema -> (module holding the model, example)
+    "DatasetCreate": ("common.schemas", {"name": "train.jsonl", "type": "training"}),
+    "DatasetUpdate": ("common.schemas", {"s3_path": "users/default/projects/default/ingestion/ds-0123456789abcdef-train.jsonl"}),
+    "FinetuneCreate": ("common.schemas", {
+        "name": "reverse words", "provider": "huggingface", "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "hyperparameters": {"method": "lora", "lora_r": 16, "lora_alpha": 32, "learning_rate": 0.0002, "epochs": 2,
+                            "batch_size": 8, "max_sequence_length": 1024},
+    }),
+    "FinetuneUpdate": ("common.schemas", {"training_dataset_id": "ds-0123456789abcdef",
+                                          "validation_dataset_id": "ds-fedcba9876543210"}),
+    "ChatCompletionRequest": ("services.inference.protocol", {
+        "model": "ft:ft-0123456789ab", "messages": [{"role": "user", "content": "reverse: red, cat, boat"}],
+        "max_tokens": 32, "temperature": 0,
+    }),
+    "CompletionRequest": ("services.inference.protocol", {"model": "ft:ft-0123456789ab", "prompt": "The",
+                                                          "max_tokens": 16}),
+    "PlaygroundGenerate": ("services.inference.protocol", {"model_id": "ft:ft-0123456789ab",
+                                                           "prompt": "reverse: red, cat, boat", "max_new_tokens": 32}),
+    "TrainingRequest": ("common.schemas", {
+        "base_model": {"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "customization": {"method": "lora", "rank": 16},
+        "datasets": [{"source": "s3://my-bucket/trainyard/users/default/projects/default/ingestion/train.jsonl"}],
+        "tuning_parameters": {"num_epochs": 2, "learning_rate": 0.0002},
+        "artifacts": {"output_uri": "s3://my-bucket/trainyard/users/default/projects/default/results/job-1/"},
+    }),
+}
+
+# What each error status means, for the status tables (ErrorBody's `error` names the case).
+ERROR_MEANING = {
+    "400": "a malformed value (an id, a path, a URI)",
+    "401": "no, unknown or revoked credential",
+    "403": "the key lacks the scope, or a signed URL is wrong, expired or used",
+    "404": "no such object in this workspace",
+    "409": "the object's state forbids it (e.g. in use, not validated, already running)",
+    "413": "the body is over its limit",
+    "422": "the body or a parameter does not validate (`detail` lists each problem)",
+    "502": "a trainer service or storage answered with an error or nonsense",
+    "503": "the trainer or inference service is down, or the feature is not configured",
+}
+
+
+def checked_example(name: str) -> dict[str, Any] | None:
+    """The example of body schema ``name``, validated against its model."""
+    if name not in EXAMPLES:
+        return None
+    import importlib
+
+    module, example = EXAMPLES[name]
+    getattr(importlib.import_module(module), name).model_validate(example)
+    return example
+
+
 def apps() -> list[tuple[str, str, dict[str, Any]]]:
     from common.service import create_report_app
     from common.settings import Settings
@@ -168,11 +222,15 @@ def operation(method: str, path: str, op: dict[str, Any]) -> list[str]:
             else:
                 optional = "" if op["requestBody"].get("required") else " (optional)"
                 lines += [f"Body{optional} ({media}): {type_of(schema)}", ""]
+                example = checked_example(ref_name(schema["$ref"])) if "$ref" in schema else None
+                if example is not None:
+                    lines += ["Example:", "", "```json", json.dumps(example), "```", ""]
     lines += ["| status | body |", "| --- | --- |"]
     for status, resp in op.get("responses", {}).items():
         found = body_schema(resp.get("content", {}))
         what = type_of(found[1]) if found else "(empty)"
-        lines.append(f"| {status} | {what} {cell(resp.get('description', '')) if status.startswith('2') else ''} |".replace("  |", " |"))
+        meaning = cell(resp.get("description", "")) if status.startswith("2") else ERROR_MEANING.get(status, "")
+        lines.append(f"| {status} | {what} {meaning} |".replace("  |", " |"))
     return [*lines, ""]
 
 
