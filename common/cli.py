@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 from common import components
 
-
 EXAMPLES = """examples:
   trainyard serve gateway --port 8080
   trainyard serve huggingface --host 0.0.0.0 --port 8081

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     storage_url: str = Field(
         default="",
         description="Where new objects go: file:///abs/path or s3://bucket/prefix. "
-        "Empty means file:// under storage_root.",
+        "Empty means file:// under storage_root. An s3:// bucket must exist: the gateway and the trainer "
+        "services stop at start, naming it, when it does not.",
     )
     s3_endpoint_url: str | None = Field(default=None, description="MinIO/moto/other S3 endpoint.")
     s3_region: str = Field(default="us-east-1", description="Region of the S3 client (signing and presigned URLs).")

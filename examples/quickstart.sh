@@ -93,7 +93,9 @@ DPO_HP='{"beta": 0.1, "learning_rate": 0.005, "batch_size": 8, "max_steps": 20, 
          "max_sequence_length": 128, "precision": "fp32"}'
 DPO_ID=$(finetune "reverse words (dpo)" dpo "ft:$SFT_ID" "$DPO_HP" examples/dpo/train.jsonl examples/dpo/validation.jsonl)
 echo "DPO finetune $DPO_ID:"
-call GET "/v1/finetune/$DPO_ID" | jq -c '.data | {status, fine_tuned_model, output_uri, metrics}'
+call GET "/v1/finetune/$DPO_ID" | jq -c '.data | {status, fine_tuned_model, output_uri,
+    reward_accuracy_before: .metrics.reward_accuracy_before, reward_accuracy: .metrics.reward_accuracy,
+    eval_loss_before: .metrics.eval_loss_before, eval_loss: .metrics.eval_loss}'
 
 # The models registry: the catalog's base models and this workspace's fine-tuned models (OpenAI's shape).
 echo "models:"
@@ -106,5 +108,5 @@ curl -sS --fail-with-body -X POST "$URL/v1/chat/completions" \
   -H "Authorization: Bearer $KEY" \
   -H "content-type: application/json" \
   --data "{\"model\": \"ft:$SFT_ID\", \"max_tokens\": 24, \"temperature\": 0,
-           \"messages\": [{\"role\": \"user\", \"content\": \"reverse: red, cat, boat\"}]}" \
+           \"messages\": [{\"role\": \"user\", \"content\": \"reverse: fish, hat, apple\"}]}" \
   | jq -r '.choices[0].message.content'

@@ -25,9 +25,8 @@ def test_configuration_doc_matches_the_settings_class() -> None:
 
 
 def test_docs_name_only_settings_that_exist() -> None:
-    from common.settings import SERVICE_URL_ENV, env_names
-
     from common.jobsecrets import FILE_ENV
+    from common.settings import SERVICE_URL_ENV, env_names
 
     known = env_names() | {
         "TRAINYARD_<FIELD>", "TRAINYARD_SERVICE_URL_<NAME>",

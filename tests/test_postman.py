@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -47,8 +47,9 @@ def test_quickstart_script_runs_as_written(tmp_path: Path, tiny_model: Path) -> 
             dpo = c.get(f"/v1/finetune/{dpo_id}").json()["data"]
         assert sft["status"] == dpo["status"] == "completed", (sft, dpo)
         before, after = sft["metrics"]["eval_loss_before"], sft["metrics"]["eval_loss"]
-        assert after < 0.75 * before, f"the quickstart's SFT barely learns: eval loss {before} -> {after}"
+        assert after < 0.6 * before, f"the quickstart's SFT barely learns: eval loss {before} -> {after}"
         assert dpo["metrics"]["eval_loss"] < dpo["metrics"]["eval_loss_before"], dpo["metrics"]
+        assert dpo["metrics"]["reward_accuracy"] > dpo["metrics"]["reward_accuracy_before"], dpo["metrics"]
 
         listed = run.stdout.split("models:\n", 1)[1].split("chat with", 1)[0].split()
         assert f"ft:{sft_id}" in listed and f"ft:{dpo_id}" in listed, run.stdout

@@ -40,16 +40,16 @@ def test_a_missing_bucket_stops_the_process_at_start_and_is_named(
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_an_empty_s3_upload_is_refused_at_attach(base_env: dict[str, str], s3_server, tmp_path: Path) -> None:
     bucket = make_bucket(s3_server.endpoint_url, f"ty-{uuid.uuid4().hex[:10]}")
-    with Server(GATEWAY, {**base_env, **s3_env(s3_server.endpoint_url, bucket)}, log_path=tmp_path / "gw.log") as gw:
-        with client(gw) as c:
-            created = ok(c.post("/v1/datasets", json={"name": "train.jsonl", "type": "training"}))
-            assert httpx.put(created["signed_url"], content=b"").status_code == 200  # S3 stores 0 bytes
-            body = err(c.put(f"/v1/datasets/{created['id']}", json={"s3_path": created["s3_path"]}), 422, "empty_file")
-            assert "is empty (0 bytes)" in body["detail"] and created["s3_path"] in body["detail"]
-            assert ok(c.get(f"/v1/datasets/{created['id']}"))["size_bytes"] is None
+    env = {**base_env, **s3_env(s3_server.endpoint_url, bucket)}
+    with Server(GATEWAY, env, log_path=tmp_path / "gw.log") as gw, client(gw) as c:
+        created = ok(c.post("/v1/datasets", json={"name": "train.jsonl", "type": "training"}))
+        assert httpx.put(created["signed_url"], content=b"").status_code == 200  # S3 stores 0 bytes
+        body = err(c.put(f"/v1/datasets/{created['id']}", json={"s3_path": created["s3_path"]}), 422, "empty_file")
+        assert "is empty (0 bytes)" in body["detail"] and created["s3_path"] in body["detail"]
+        assert ok(c.get(f"/v1/datasets/{created['id']}"))["size_bytes"] is None
 
-            assert httpx.put(created["signed_url"], content=ROW).status_code == 200
-            assert ok(c.put(f"/v1/datasets/{created['id']}", json={"s3_path": created["s3_path"]}))["size_bytes"] == len(ROW)
+        assert httpx.put(created["signed_url"], content=ROW).status_code == 200
+        assert ok(c.put(f"/v1/datasets/{created['id']}", json={"s3_path": created["s3_path"]}))["size_bytes"] == len(ROW)
 
 
 def test_an_empty_body_on_the_gateways_upload_url_is_refused_and_the_url_still_works(tenant: Tenant) -> None:
