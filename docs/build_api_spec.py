@@ -121,6 +121,38 @@ ERROR_MEANING = {
 }
 
 
+# What an error status means on a particular route, where it says more than the general meaning.
+# Keyed by path without the /v1/dataservice prefix: the internal routes are the same operations.
+ROUTE_ERRORS: dict[tuple[str, str], dict[str, str]] = {
+    ("post", "/datasets"): {"422": "an unknown field, or a type other than training | validation"},
+    ("put", "/datasets/{dataset_id}"): {
+        "400": "s3_path lies outside this workspace's users/<workspace>/ prefix",
+        "409": "a pending or running finetune, or a validation, uses the dataset",
+        "422": "no object at s3_path (upload to the signed URL first), or an empty one (`empty_file`)",
+    },
+    ("post", "/finetune"): {"422": "an unknown hyperparameter, or a model that is not allowed (`model_refused`)"},
+    ("put", "/finetune/{finetune_id}"): {
+        "409": "a job is pending or running: cancel it first",
+        "422": "a dataset id that does not exist in this workspace, or of the wrong type",
+    },
+    ("post", "/finetune/{finetune_id}/validation/start"): {
+        "409": "no training dataset attached, validation already running, or the finetune already ran "
+        "(PUT resets it)",
+    },
+    ("post", "/finetune/{finetune_id}/start"): {
+        "409": "validation has not succeeded, or the finetune was already started",
+        "422": "the trainer service refused the request (`detail` lists each problem)",
+        "503": "the trainer service is down or slow; the finetune stays validated",
+    },
+    ("post", "/finetune/{finetune_id}/cancel"): {"409": "the finetune already ended, or is being started"},
+}
+
+
+def error_meaning(method: str, path: str, status: str) -> str:
+    route = ROUTE_ERRORS.get((method, re.sub(r"^/v1(/dataservice)?", "", path)), {})
+    return route.get(status) or ERROR_MEANING.get(status, "")
+
+
 def checked_example(name: str) -> dict[str, Any] | None:
     """The example of body schema ``name``, validated against its model."""
     if name not in EXAMPLES:
@@ -229,7 +261,7 @@ def operation(method: str, path: str, op: dict[str, Any]) -> list[str]:
     for status, resp in op.get("responses", {}).items():
         found = body_schema(resp.get("content", {}))
         what = type_of(found[1]) if found else "(empty)"
-        meaning = cell(resp.get("description", "")) if status.startswith("2") else ERROR_MEANING.get(status, "")
+        meaning = cell(resp.get("description", "")) if status.startswith("2") else error_meaning(method, path, status)
         lines.append(f"| {status} | {what} {meaning} |".replace("  |", " |"))
     return [*lines, ""]
 
@@ -289,6 +321,10 @@ def render() -> str:
             if name in schemas and schemas[name] != schema:
                 raise SystemExit(f"schema {name} differs between apps; give one of them another name")
             schemas[name] = schema
+    routes = {(m, re.sub(r"^/v1(/dataservice)?", "", p)) for _, _, spec in apps() for p, ops in spec["paths"].items()
+              for m in ops}
+    if stale := set(ROUTE_ERRORS) - routes:
+        raise SystemExit(f"ROUTE_ERRORS names routes that do not exist: {sorted(stale)}")
     out += ["## Schemas", ""]
     for name in sorted(schemas):
         out += schema_section(name, schemas[name])
