@@ -5,6 +5,7 @@ the chat completion answers."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -58,3 +59,14 @@ def test_quickstart_script_runs_as_written(tmp_path: Path, tiny_model: Path) -> 
     finally:
         for srv in reversed(started):
             srv.stop()
+
+
+def test_readme_shows_the_scripts_hyperparameters() -> None:
+    """The README's excerpt of the script names the hyperparameters the script runs with."""
+    script = SCRIPT.read_text()
+    readme = (REPO / "README.md").read_text()
+    ran = json.loads(re.search(r"SFT_HP='(\{.*?\})'", script, re.S).group(1))  # type: ignore[union-attr]
+    shown = re.search(r'"hyperparameters": (\{[^}]*\})\}\'', readme)
+    assert shown, "README.md's quickstart excerpt shows no hyperparameters"
+    assert json.loads(shown.group(1)) == ran
+    assert "examples/quickstart.sh" in readme
