@@ -10,10 +10,11 @@ multipart ``POST /v1/datasets/upload``; both stream to storage with a size limit
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO
@@ -32,6 +33,7 @@ from common.schemas import (
     FinetuneStatus,
     ValidationReport,
 )
+from common.storage.base import iter_chunks
 from gateway import db, modelrefs, signing
 from gateway.auth import Principal
 from gateway.context import Gateway
@@ -167,6 +169,18 @@ def _empty(key: str) -> Unprocessable:
     )
 
 
+def _with_content(chunks: Iterable[bytes] | BinaryIO, key: str) -> Iterator[bytes]:
+    """The body's chunks, once a non-empty one has arrived: an empty body is refused before anything
+    is stored (so an earlier file of the dataset stays as it was).
+
+    Raises: Unprocessable (empty_file)."""
+    it = iter_chunks(chunks)
+    for first in it:
+        if first:
+            return itertools.chain([first], it)
+    raise _empty(key)
+
+
 def attach(gw: Gateway, who: Principal, dataset_id: str, s3_path: str) -> DatasetPublic:
     """Record the object a dataset's file is (``PUT /v1/datasets/{id} {"s3_path"}``).
 
@@ -254,15 +268,10 @@ def _store_and_attach(
 ) -> DatasetPublic:
     if content_length is not None and content_length > limit:
         raise _too_large(limit)
-    if content_length == 0:
-        raise _empty(row["target_key"])
     with tx(gw.engine) as conn:
         _check_replaceable(conn, row["id"])  # fail before reading the body
     uri = gw.store.default_uri(row["target_key"])
-    size = gw.store.put_stream(uri, chunks, max_bytes=limit)
-    if size == 0:
-        gw.store.delete(uri)
-        raise _empty(row["target_key"])
+    size = gw.store.put_stream(uri, _with_content(chunks, row["target_key"]), max_bytes=limit)
     with tx(gw.engine) as conn:
         _record_file(conn, row["id"], row["target_key"], uri, size)
         return db.dataset_public(db.get_dataset(conn, row["id"], None))

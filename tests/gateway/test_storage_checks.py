@@ -61,3 +61,8 @@ def test_an_empty_body_on_the_gateways_upload_url_is_refused_and_the_url_still_w
         assert ok(c.get(f"/v1/datasets/{created['id']}"))["size_bytes"] is None
         ok(httpx.put(created["signed_url"], content=ROW))
         assert ok(c.get(f"/v1/datasets/{created['id']}"))["size_bytes"] == len(ROW)
+        # an empty body on a fresh URL leaves the uploaded file as it was
+        fresh = ok(c.post(f"/v1/datasets/{created['id']}/signed_url"))["signed_url"]
+        err(httpx.put(fresh, content=iter([b""])), 422, "empty_file")
+        stored = tenant.storage_root / ok(c.get(f"/v1/datasets/{created['id']}"))["s3_path"]
+        assert stored.read_bytes() == ROW
