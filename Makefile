@@ -72,7 +72,10 @@ postman/node_modules/.installed: postman/package.json postman/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix postman --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: tests/test_postman.py will skip its newman run"; fi
 
-.PHONY: newman
+postman: newman model ## run the Postman collection with newman against the stack `make up` started; writes var/run/trainyard.postman_environment.json for the Postman app
+	$(PY) postman/run.py
+
+.PHONY: newman postman
 
 api-docs: install ## regenerate docs/API_SPEC.md and the Postman collection from the code (tests fail when stale)
 	$(PY) docs/build_api_spec.py

@@ -21,22 +21,48 @@ from collections.abc import Callable
 
 from common import components
 
+EXAMPLES = """examples:
+  trainyard serve gateway --port 8080
+  trainyard serve huggingface --host 0.0.0.0 --port 8081
+  trainyard keys create --workspace acme --name ci --scope completions.write
+  trainyard keys list --workspace acme
+  trainyard secrets rotate
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="trainyard")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    serve = sub.add_parser("serve", help="run the gateway, a trainer service or the inference service")
-    serve.add_argument("component", choices=list(components.components()))
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int)
+`trainyard COMMAND --help` describes a command and its options."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, with the commands other packages add."""
+    parser = argparse.ArgumentParser(
+        prog="trainyard", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Trainyard, self-hosted LLM fine-tuning: run its processes and manage its keys and secrets. "
+        "Every process reads its settings from TRAINYARD_* environment variables (docs/configuration.md).",
+        epilog=EXAMPLES,
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve", help="run the gateway, a trainer service or the inference service",
+        description="Run one component in the foreground (uvicorn). `make up` starts them all in the background.",
+    )
+    ports = ", ".join(f"{name} {c.port}" for name, c in components.components().items())
+    serve.add_argument("component", choices=list(components.components()), help="what to run")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on (default: %(default)s; 0.0.0.0 in a container)")
+    serve.add_argument("--port", type=int,
+                       help=f"port to listen on (default: TRAINYARD_PORT if set, else the component's own: {ports})")
     serve.set_defaults(func=_serve)
-    secrets_cmd = sub.add_parser("secrets", help="secret columns at rest (docs/security.md)")
+    secrets_cmd = sub.add_parser("secrets", help="secret columns at rest (docs/security.md)",
+                                 description="Secret columns at rest, encrypted with TRAINYARD_SECRET_KEYS.")
     secrets_cmd.add_argument("action", choices=["rotate"],
                              help="re-encrypt every stored secret under the first key of TRAINYARD_SECRET_KEYS")
     secrets_cmd.set_defaults(func=_rotate_secrets)
     for add_command in components.load("trainyard.commands"):
         add_command(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     args.func(args)
 
 

@@ -218,6 +218,7 @@ def create_service_app(backend: BaseTrainerBackend, settings: Settings | None = 
         engine = db.make_engine(settings.database_url)
         db.init_db(engine)
         store = ObjectStore(settings)
+        store.check_location()
         outbound = OutboundPolicy.from_settings(settings)
         report_app.state.engine = engine
         listener = ReportListener(report_app, settings.report_host, settings.report_port)

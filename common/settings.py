@@ -48,10 +48,11 @@ class Settings(BaseSettings):
     storage_url: str = Field(
         default="",
         description="Where new objects go: file:///abs/path or s3://bucket/prefix. "
-        "Empty means file:// under storage_root.",
+        "Empty means file:// under storage_root. An s3:// bucket must exist: the gateway and the trainer "
+        "services stop at start, naming it, when it does not.",
     )
     s3_endpoint_url: str | None = Field(default=None, description="MinIO/moto/other S3 endpoint.")
-    s3_region: str = "us-east-1"
+    s3_region: str = Field(default="us-east-1", description="Region of the S3 client (signing and presigned URLs).")
 
     # what a request may name (common/modelrefs.py, common/outbound.py, common/bodylimit.py)
     model_dirs: list[Path] = Field(
@@ -74,8 +75,8 @@ class Settings(BaseSettings):
     # runner
     runner: str = Field(default="local", description="local | kubernetes")
     local_slots: int = Field(default=1, ge=1, description="Concurrent local training processes.")
-    log_dir: Path = Field(default_factory=lambda data: data["home"] / VAR / "logs")
-    cancel_grace_seconds: float = Field(default=10.0, gt=0)
+    log_dir: Path = Field(default_factory=lambda data: data["home"] / VAR / "logs", description="Local training jobs' log files.")
+    cancel_grace_seconds: float = Field(default=10.0, gt=0, description="How long a cancelled job may stop by itself before it is killed.")
     python_executable: str = Field(default="", description="Interpreter for the training program.")
 
     # base models (common/catalog.py)
@@ -90,7 +91,8 @@ class Settings(BaseSettings):
     public_url: str = Field(
         default="", description="Base URL jobs POST progress to (the report listener); default http://127.0.0.1:<report port>."
     )
-    port: int = Field(default=8081, description="Port this process listens on (used for the default public_url).")
+    port: int = Field(default=8081, description="Port this process listens on (used for the default public_url); "
+                      "`trainyard serve` sets it from --port, else keeps it, else uses the component's own port.")
 
     # ---------------------------------------------------------------- service credentials (docs/security.md)
     service_token: SecretStr | None = Field(
@@ -125,7 +127,7 @@ class Settings(BaseSettings):
     k8s_images: dict[str, str] = Field(
         default_factory=dict, description='Training image per backend, e.g. {"unsloth": "ghcr.io/trainyard/train-unsloth:0.1.0"}.'
     )
-    k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(default="IfNotPresent", description="imagePullPolicy of the training pods.")
     k8s_image_pull_secrets: list[str] = Field(default_factory=list, description="Secret names for a private registry.")
     k8s_service_account: str = Field(default="trainyard-job", description="ServiceAccount of the training pods (e.g. for IRSA); no API rights needed.")
     k8s_node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of every training pod.")

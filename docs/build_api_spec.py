@@ -78,6 +78,92 @@ JOB_MEANING = {
 }
 
 
+# A request example per body schema, shown under every route that takes it. Each is validated
+# against its model when the page is built, so an example that no longer parses stops the build.
+EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {  # schema -> (module holding the model, example)
+    "DatasetCreate": ("common.schemas", {"name": "train.jsonl", "type": "training"}),
+    "DatasetUpdate": ("common.schemas", {"s3_path": "users/default/projects/default/ingestion/ds-0123456789abcdef-train.jsonl"}),
+    "FinetuneCreate": ("common.schemas", {
+        "name": "reverse words", "provider": "huggingface", "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "hyperparameters": {"method": "lora", "lora_r": 16, "lora_alpha": 32, "learning_rate": 0.0002, "epochs": 2,
+                            "batch_size": 8, "max_sequence_length": 1024},
+    }),
+    "FinetuneUpdate": ("common.schemas", {"training_dataset_id": "ds-0123456789abcdef",
+                                          "validation_dataset_id": "ds-fedcba9876543210"}),
+    "ChatCompletionRequest": ("services.inference.protocol", {
+        "model": "ft:ft-0123456789ab", "messages": [{"role": "user", "content": "reverse: red, cat, boat"}],
+        "max_tokens": 32, "temperature": 0,
+    }),
+    "CompletionRequest": ("services.inference.protocol", {"model": "ft:ft-0123456789ab", "prompt": "The",
+                                                          "max_tokens": 16}),
+    "PlaygroundGenerate": ("services.inference.protocol", {"model_id": "ft:ft-0123456789ab",
+                                                           "prompt": "reverse: red, cat, boat", "max_new_tokens": 32}),
+    "TrainingRequest": ("common.schemas", {
+        "base_model": {"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "customization": {"method": "lora", "rank": 16},
+        "datasets": [{"source": "s3://my-bucket/trainyard/users/default/projects/default/ingestion/train.jsonl"}],
+        "tuning_parameters": {"num_epochs": 2, "learning_rate": 0.0002},
+        "artifacts": {"output_uri": "s3://my-bucket/trainyard/users/default/projects/default/results/job-1/"},
+    }),
+}
+
+# What each error status means, for the status tables (ErrorBody's `error` names the case).
+ERROR_MEANING = {
+    "400": "a malformed value (an id, a path, a URI)",
+    "401": "no, unknown or revoked credential",
+    "403": "the key lacks the scope, or a signed URL is wrong, expired or used",
+    "404": "no such object in this workspace",
+    "409": "the object's state forbids it (e.g. in use, not validated, already running)",
+    "413": "the body is over its limit",
+    "422": "the body or a parameter does not validate (`detail` lists each problem)",
+    "502": "a trainer service or storage answered with an error or nonsense",
+    "503": "the trainer or inference service is down, or the feature is not configured",
+}
+
+
+# What an error status means on a particular route, where it says more than the general meaning.
+# Keyed by path without the /v1/dataservice prefix: the internal routes are the same operations.
+ROUTE_ERRORS: dict[tuple[str, str], dict[str, str]] = {
+    ("post", "/datasets"): {"422": "an unknown field, or a type other than training | validation"},
+    ("put", "/datasets/{dataset_id}"): {
+        "400": "s3_path lies outside this workspace's users/<workspace>/ prefix",
+        "409": "a pending or running finetune, or a validation, uses the dataset",
+        "422": "no object at s3_path (upload to the signed URL first), or an empty one (`empty_file`)",
+    },
+    ("post", "/finetune"): {"422": "an unknown hyperparameter, or a model that is not allowed (`model_refused`)"},
+    ("put", "/finetune/{finetune_id}"): {
+        "409": "a job is pending or running: cancel it first",
+        "422": "a dataset id that does not exist in this workspace, or of the wrong type",
+    },
+    ("post", "/finetune/{finetune_id}/validation/start"): {
+        "409": "no training dataset attached, validation already running, or the finetune already ran "
+        "(PUT resets it)",
+    },
+    ("post", "/finetune/{finetune_id}/start"): {
+        "409": "validation has not succeeded, or the finetune was already started",
+        "422": "the trainer service refused the request (`detail` lists each problem)",
+        "503": "the trainer service is down or slow; the finetune stays validated",
+    },
+    ("post", "/finetune/{finetune_id}/cancel"): {"409": "the finetune already ended, or is being started"},
+}
+
+
+def error_meaning(method: str, path: str, status: str) -> str:
+    route = ROUTE_ERRORS.get((method, re.sub(r"^/v1(/dataservice)?", "", path)), {})
+    return route.get(status) or ERROR_MEANING.get(status, "")
+
+
+def checked_example(name: str) -> dict[str, Any] | None:
+    """The example of body schema ``name``, validated against its model."""
+    if name not in EXAMPLES:
+        return None
+    import importlib
+
+    module, example = EXAMPLES[name]
+    getattr(importlib.import_module(module), name).model_validate(example)
+    return example
+
+
 def apps() -> list[tuple[str, str, dict[str, Any]]]:
     from common.service import create_report_app
     from common.settings import Settings
@@ -168,11 +254,15 @@ def operation(method: str, path: str, op: dict[str, Any]) -> list[str]:
             else:
                 optional = "" if op["requestBody"].get("required") else " (optional)"
                 lines += [f"Body{optional} ({media}): {type_of(schema)}", ""]
+                example = checked_example(ref_name(schema["$ref"])) if "$ref" in schema else None
+                if example is not None:
+                    lines += ["Example:", "", "```json", json.dumps(example), "```", ""]
     lines += ["| status | body |", "| --- | --- |"]
     for status, resp in op.get("responses", {}).items():
         found = body_schema(resp.get("content", {}))
         what = type_of(found[1]) if found else "(empty)"
-        lines.append(f"| {status} | {what} {cell(resp.get('description', '')) if status.startswith('2') else ''} |".replace("  |", " |"))
+        meaning = cell(resp.get("description", "")) if status.startswith("2") else error_meaning(method, path, status)
+        lines.append(f"| {status} | {what} {meaning} |".replace("  |", " |"))
     return [*lines, ""]
 
 
@@ -231,6 +321,10 @@ def render() -> str:
             if name in schemas and schemas[name] != schema:
                 raise SystemExit(f"schema {name} differs between apps; give one of them another name")
             schemas[name] = schema
+    routes = {(m, re.sub(r"^/v1(/dataservice)?", "", p)) for _, _, spec in apps() for p, ops in spec["paths"].items()
+              for m in ops}
+    if stale := set(ROUTE_ERRORS) - routes:
+        raise SystemExit(f"ROUTE_ERRORS names routes that do not exist: {sorted(stale)}")
     out += ["## Schemas", ""]
     for name in sorted(schemas):
         out += schema_section(name, schemas[name])

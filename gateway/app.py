@@ -62,7 +62,9 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
             upload_secret = secrets.token_bytes(32)
         else:
             upload_secret = settings.upload_signing_secret.get_secret_value().encode()
-        gw = Gateway(settings, engine, ObjectStore(settings), TrainerClient(settings), upload_secret,
+        store = ObjectStore(settings)
+        store.check_location()
+        gw = Gateway(settings, engine, store, TrainerClient(settings), upload_secret,
                      inference=InferenceClient(settings), box=box)
         validation = ValidationWorker(gw, settings.validation_workers)
         gw.wake_validation = validation.wake

@@ -11,9 +11,11 @@ from common.schemas import Scope
 
 
 def add_keys_command(sub: argparse._SubParsersAction[Any]) -> None:
-    keys = sub.add_parser("keys", help="create, list and revoke gateway API keys (in TRAINYARD_DATABASE_URL)")
+    keys = sub.add_parser("keys", help="create, list and revoke gateway API keys (in TRAINYARD_DATABASE_URL)",
+                          description="Gateway API keys, in the database of TRAINYARD_DATABASE_URL. A key is sent as "
+                          "x-portkey-api-key: <key> or Authorization: Bearer <key>.")
     keys.set_defaults(func=run_keys)
-    ksub = keys.add_subparsers(dest="keys_cmd", required=True)
+    ksub = keys.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
     create = ksub.add_parser("create", help="create a key; it is printed once and stored only as a hash")
     create.add_argument("--workspace", required=True, help="workspace the key acts in")
     create.add_argument("--name", required=True, help="a label for the key (who or what uses it)")
@@ -22,10 +24,10 @@ def add_keys_command(sub: argparse._SubParsersAction[Any]) -> None:
         help="repeatable; default: completions.write (which includes reading)",
     )
     lst = ksub.add_parser("list", help="list keys (never the keys themselves)")
-    lst.add_argument("--workspace")
+    lst.add_argument("--workspace", help="only this workspace's keys (default: every workspace)")
     lst.add_argument("--json", action="store_true", help="one JSON object per line")
     revoke = ksub.add_parser("revoke", help="revoke a key by id; it stops working at once")
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", help="the key's id (key-..., from `keys list`)")
 
 
 def run_keys(args: argparse.Namespace) -> None:

@@ -10,10 +10,11 @@ multipart ``POST /v1/datasets/upload``; both stream to storage with a size limit
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO
@@ -32,6 +33,7 @@ from common.schemas import (
     FinetuneStatus,
     ValidationReport,
 )
+from common.storage.base import iter_chunks
 from gateway import db, modelrefs, signing
 from gateway.auth import Principal
 from gateway.context import Gateway
@@ -159,11 +161,31 @@ def _record_file(conn: Connection, dataset_id: str, key: str, uri: str, size: in
         )
 
 
+def _empty(key: str) -> Unprocessable:
+    """A 0-byte file is a failed upload (an empty body, a wrong path after ``@``), never a dataset."""
+    return Unprocessable(
+        f"the file at s3_path '{key}' is empty (0 bytes): upload it again with its content as the request body "
+        "(curl --data-binary @file.jsonl or -T file.jsonl)", error="empty_file",
+    )
+
+
+def _with_content(chunks: Iterable[bytes] | BinaryIO, key: str) -> Iterator[bytes]:
+    """The body's chunks, once a non-empty one has arrived: an empty body is refused before anything
+    is stored (so an earlier file of the dataset stays as it was).
+
+    Raises: Unprocessable (empty_file)."""
+    it = iter_chunks(chunks)
+    for first in it:
+        if first:
+            return itertools.chain([first], it)
+    raise _empty(key)
+
+
 def attach(gw: Gateway, who: Principal, dataset_id: str, s3_path: str) -> DatasetPublic:
     """Record the object a dataset's file is (``PUT /v1/datasets/{id} {"s3_path"}``).
 
-    Raises: NotFound, BadRequest (not the workspace's object), Unprocessable (no object there),
-    Conflict (a finetune is using the dataset)."""
+    Raises: NotFound, BadRequest (not the workspace's object), Unprocessable (no object there, or an
+    empty one), Conflict (a finetune is using the dataset)."""
     with tx(gw.engine) as conn:
         db.get_dataset(conn, dataset_id, who.workspace_id)
     key = _key_of(gw, who.workspace_id, s3_path)
@@ -172,6 +194,8 @@ def attach(gw: Gateway, who: Principal, dataset_id: str, s3_path: str) -> Datase
         info = gw.store.stat(uri)
     except ObjectNotFound as e:
         raise Unprocessable(f"no object at s3_path '{key}': upload the file to the signed URL first") from e
+    if info.size == 0:
+        raise _empty(key)
     with tx(gw.engine) as conn:
         _record_file(conn, dataset_id, key, uri, info.size)
         return db.dataset_public(db.get_dataset(conn, dataset_id, who.workspace_id))
@@ -247,7 +271,7 @@ def _store_and_attach(
     with tx(gw.engine) as conn:
         _check_replaceable(conn, row["id"])  # fail before reading the body
     uri = gw.store.default_uri(row["target_key"])
-    size = gw.store.put_stream(uri, chunks, max_bytes=limit)
+    size = gw.store.put_stream(uri, _with_content(chunks, row["target_key"]), max_bytes=limit)
     with tx(gw.engine) as conn:
         _record_file(conn, row["id"], row["target_key"], uri, size)
         return db.dataset_public(db.get_dataset(conn, row["id"], None))

@@ -6,9 +6,10 @@ as background processes with pid files in var/run and logs in var/logs under TRA
 
 ``up`` is idempotent (a running component is left alone) and waits until everything it started
 answers /health. A fresh checkout gets a random admin API key, upload-signing secret, service token
-(the gateway's credential on the trainer services) and secret-column key in var/run (unless
-TRAINYARD_ADMIN_API_KEY / _UPLOAD_SIGNING_SECRET / _SERVICE_TOKEN / _SECRET_KEYS are set), each
-mode 0600, so the demo and curl work without a manual step.
+(the gateway's credential on the trainer services), internal token (the control plane's credential on
+/v1/dataservice) and secret-column key in var/run (unless TRAINYARD_ADMIN_API_KEY /
+_UPLOAD_SIGNING_SECRET / _SERVICE_TOKEN / _INTERNAL_TOKEN / _SECRET_KEYS are set), each mode 0600, so
+the demo, curl and the Postman collection work without a manual step.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ LOG_DIR = HOME / VAR / "logs"
 COMPONENTS = tuple(c.name for c in components.of_kind(components.Kind.trainer, components.Kind.inference)) + ("gateway",)
 LOCAL_OUTBOUND_ALLOW = '["127.0.0.0/8", "::1/128"]'
 SECRETS = {"admin-key": "TRAINYARD_ADMIN_API_KEY", "upload-secret": "TRAINYARD_UPLOAD_SIGNING_SECRET",
-           "service-token": "TRAINYARD_SERVICE_TOKEN"}
+           "service-token": "TRAINYARD_SERVICE_TOKEN", "internal-token": "TRAINYARD_INTERNAL_TOKEN"}
 SECRET_KEY_FILE = "secret-key"  # Fernet key of the secret columns, passed as TRAINYARD_SECRET_KEYS
 HEALTH_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0

@@ -40,12 +40,15 @@ VARIABLES = {  # name -> (default, description)
     "huggingface_url": ("http://localhost:8081", "HuggingFace trainer service."),
     "unsloth_url": ("http://localhost:8082", "Unsloth trainer service."),
     "dpo_url": ("http://localhost:8083", "DPO trainer service."),
-    "api_key": ("", "A gateway API key (TRAINYARD_ADMIN_API_KEY or `trainyard keys create`)."),
+    "api_key": ("", "A gateway API key (make up: var/run/admin-key; or TRAINYARD_ADMIN_API_KEY, "
+                "`trainyard keys create`)."),
     "service_token": ("", "TRAINYARD_SERVICE_TOKEN, the gateway's credential on the trainer services "
                       "(make up: var/run/service-token)."),
-    "internal_token": ("", "TRAINYARD_INTERNAL_TOKEN, for /v1/dataservice."),
+    "internal_token": ("", "TRAINYARD_INTERNAL_TOKEN, for /v1/dataservice (make up: var/run/internal-token)."),
     "workspace": ("default", "Workspace the internal calls act on (x-workspace-id)."),
-    "model": ("Qwen/Qwen2.5-0.5B-Instruct", "Base model of the finetunes and jobs (hub id, local path or URI)."),
+    "model": ("/absolute/path/to/trainyard/var/models/tiny-llama",
+              "Base model of the finetunes and jobs: the tiny model `make model` builds (its absolute path; "
+              "postman/run.py fills it in), any path under TRAINYARD_MODEL_DIRS, or a hub id."),
     "dataset_jsonl": (DATASET_JSONL, "The file uploaded to the signed URLs."),
 }
 TERMINAL = ["completed", "failed", "cancelled"]

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,14 @@ ADMIN_KEY = "ty_postman_admin_key_0123456789abcdef"
 INTERNAL_TOKEN = "postman-internal-token-0123456789"
 BASES = {"gateway_url": "public", "dataservice_url": "internal", "huggingface_url": "service",
          "unsloth_url": "service", "dpo_url": "service"}
+
+
+def _module(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, POSTMAN / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _builder() -> Any:
@@ -92,17 +102,13 @@ def test_newman_runs_the_collection_against_the_local_stack(
         "TRAINYARD_UPLOAD_SIGNING_SECRET": "postman-signing-secret-0123456789",
         "TRAINYARD_REFRESH_INTERVAL_SECONDS": "0.5",
     }
+    run_py = _module("run")  # what `make postman` runs: the same command, every folder
     services: dict[str, Server] = {}
-    folders = ["Gateway: meta", "Gateway: datasets and finetunes", "Dataservice (internal)",
-               "Trainer service: huggingface", "Cleanup"]
+    folders = list(run_py.FOLDERS)
     try:
         for backend in ("huggingface", "unsloth", "dpo"):
-            if backend != "huggingface" and not (REPO / "services" / backend / "app.py").exists():
-                continue  # that backend's service is not part of this tree yet
             services[backend] = Server(f"services.{backend}.app:app", env,
                                        log_path=tmp_path / f"{backend}.log").start()
-            if backend != "huggingface":
-                folders.insert(-1, f"Trainer service: {backend}")
         urls = {f"TRAINYARD_SERVICE_URL_{b.upper()}": s.url for b, s in services.items()}
         gateway = Server("gateway.app:app", {**env, **urls}, log_path=tmp_path / "gateway.log").start()
         services["gateway"] = gateway
@@ -110,14 +116,7 @@ def test_newman_runs_the_collection_against_the_local_stack(
         variables = {"gateway_url": gateway.url, "dataservice_url": gateway.url, "api_key": ADMIN_KEY,
                      "internal_token": INTERNAL_TOKEN, "service_token": SERVICE_TOKEN, "model": str(tiny_model),
                      **{f"{b}_url": s.url for b, s in services.items() if b != "gateway"}}
-        cmd = [NEWMAN, "run", str(POSTMAN / "trainer-apis.postman_collection.json"),
-               "-e", str(POSTMAN / "trainer-apis.local.postman_environment.json"),
-               "--working-dir", str(POSTMAN), "--timeout-request", "60000", "--color", "off",
-               "--reporters", "cli,json", "--reporter-json-export", str(report)]
-        for k, v in variables.items():
-            cmd += ["--env-var", f"{k}={v}"]
-        for f in folders:
-            cmd += ["--folder", f]
+        cmd = run_py.newman_command(variables, folders, report)
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         run = json.loads(report.read_text())["run"]
         failures = [f"{f['source'].get('name')}: {f['error'].get('test') or ''} {f['error']['message']}"
@@ -129,3 +128,23 @@ def test_newman_runs_the_collection_against_the_local_stack(
     finally:
         for s in services.values():
             s.stop()
+
+
+def test_run_script_writes_the_local_stacks_values_for_the_postman_app(tmp_path: Path) -> None:
+    env = {**os.environ, "TRAINYARD_HOME": str(tmp_path)}
+    for name in ("TRAINYARD_ADMIN_API_KEY", "TRAINYARD_INTERNAL_TOKEN", "TRAINYARD_SERVICE_TOKEN", "TRAINYARD_MODEL"):
+        env.pop(name, None)
+    run = subprocess.run([sys.executable, str(POSTMAN / "run.py"), "--environment-only"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    path = tmp_path / "var" / "run" / "trainyard.postman_environment.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    values = {v["key"]: v["value"] for v in json.loads(path.read_text())["values"]}
+    committed = {v["key"] for v in json.loads((POSTMAN / "trainer-apis.local.postman_environment.json").read_text())["values"]}
+    assert set(values) == committed
+    run_dir = tmp_path / "var" / "run"
+    assert values["api_key"] == (run_dir / "admin-key").read_text().strip()  # the key `make up` seeds
+    assert values["internal_token"] == (run_dir / "internal-token").read_text().strip()
+    assert values["service_token"] == (run_dir / "service-token").read_text().strip()
+    assert values["model"] == str(tmp_path / "var" / "models" / "tiny-llama")
+    assert values["gateway_url"] == "http://127.0.0.1:8080"

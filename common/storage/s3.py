@@ -111,6 +111,25 @@ class S3Backend:
     def encode(self, segment: str) -> str:
         return segment  # S3 keys are literal, as in the AWS CLI
 
+    def check_bucket(self, uri: str) -> None:
+        """HeadBucket on ``uri``'s bucket: whether the storage location exists before anything is stored.
+
+        Raises:
+            ObjectNotFound: the endpoint says the bucket does not exist.
+            StorageError: any other failure (endpoint unreachable, no credentials, access denied).
+        """
+        _, bucket, _ = parse_uri(uri)
+        from botocore.exceptions import ClientError
+
+        try:
+            with self.errors(uri, "HeadBucket"):
+                self.client().head_bucket(Bucket=bucket)
+        except StorageError as e:
+            cause = e.__cause__
+            if isinstance(cause, ClientError) and str(cause.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket"):
+                raise ObjectNotFound(f"bucket '{bucket}' does not exist at {safe_endpoint(self.endpoint_url)}") from cause
+            raise
+
     def check(self, uri: str) -> None:
         parse_uri(uri)  # a bucket is all an s3:// URI must name
 

@@ -25,6 +25,7 @@ Guarantees both schemes share, because callers rely on them:
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -48,6 +49,8 @@ from common.storage.s3 import DEFAULT_PART_SIZE, S3Backend
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
+
+log = logging.getLogger(__name__)
 
 
 class ObjectStore:
@@ -118,6 +121,24 @@ class ObjectStore:
         check_segments(uri)
         backend.check(uri)
         return uri
+
+    def check_location(self) -> None:
+        """At start-up: the storage location new objects go to exists, so a missing bucket stops the
+        process with its name instead of failing the first upload. Only a definite "no such bucket"
+        stops it; an endpoint that does not answer yet (or forbids HeadBucket) is logged and passed.
+
+        Raises:
+            ObjectNotFound: TRAINYARD_STORAGE_URL names a bucket that does not exist.
+        """
+        base = self.settings.object_base()
+        if parse_uri(base)[0] != "s3":
+            return
+        try:
+            self.s3.check_bucket(base)
+        except ObjectNotFound as e:
+            raise ObjectNotFound(f"TRAINYARD_STORAGE_URL={base}: {e.detail}; create the bucket or fix the setting") from e
+        except StorageError as e:
+            log.warning("cannot check the storage bucket at start (%s); uploads will fail until it answers", e.detail)
 
     # ---------------------------------------------------------------- writes
 
