@@ -109,7 +109,7 @@ def test_sft_then_dpo_pipeline(stack, tiny_model: Path) -> None:
     assert sft_uri.startswith("file://")
 
     # max_prompt_length keeps the last 12 prompt tokens (the words to reverse): exercised end to end here.
-    req = dpo_request(sft_uri, stack["uris"], max_prompt_length=12)
+    req = dpo_request(sft_uri, stack["uris"], max_prompt_length=12, max_steps=40)
     with client(stack["dpo"]) as c:
         job = run_job(c, req)
         logs = "\n".join(c.get(f"/jobs/{req['job_id']}/logs", params={"tail": 0}).json()["logs"])

@@ -55,7 +55,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def client(stack: dict[str, Any]) -> httpx.Client:
-    return httpx.Client(base_url=stack["server"].url, timeout=30)
+    return stack["server"].client(timeout=30)
 
 
 def refused(r: httpx.Response, status: int = 422) -> str:
