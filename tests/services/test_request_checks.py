@@ -17,7 +17,7 @@ import pytest
 
 from common.modelrefs import REFUSED
 from tests.utils.factories import place_samples, training_request
-from tests.utils.server import Server, wait_for
+from tests.utils.server import SERVICE_TOKEN, Server, wait_for
 
 APP = "services.huggingface.app:app"
 METADATA_SPELLINGS = [
@@ -147,7 +147,7 @@ def test_an_allowed_webhook_is_sent_to_the_checked_address_and_redirects_are_not
     req = training_request("org/model", stack["uris"]["sft_train"])
     req["callbacks"] = {"webhook_url": f"http://{host}/hook?x=1", "auth_header": "Bearer webhook-secret"}
     with client(stack) as c:
-        r = c.post("/train", json=req, headers={"Authorization": "Bearer caller-credential"})
+        r = c.post("/train", json=req)  # the caller's credential is the service token
         assert r.status_code == 202, r.text
         c.post(f"/jobs/{req['job_id']}/cancel")
         wait_for(c, f"/jobs/{req['job_id']}", lambda j: j["status"] in ("failed", "cancelled", "completed"))
@@ -160,6 +160,7 @@ def test_an_allowed_webhook_is_sent_to_the_checked_address_and_redirects_are_not
     first = seen[0]
     assert first["headers"]["Host"] == host  # the name kept while connecting to the checked address
     assert first["headers"]["Authorization"] == "Bearer webhook-secret"  # the webhook's own, never the caller's
+    assert SERVICE_TOKEN not in json.dumps(first)
     assert first["body"]["id"] == req["job_id"]
 
 
