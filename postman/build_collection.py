@@ -229,7 +229,11 @@ def gateway_flow(label: str, base: str, prefix: str, auth: dict[str, str], v: st
                 tests=ok(check("cancelled", "pm.expect(data.status).to.eql('cancelled')"))),
         request("Finetune artifacts", "GET", f"{ft}/{{{{{v}finetune_id}}}}/artifacts", headers=auth,
                 tests=ok(check("the cancelled run", "pm.expect(data.runs[0].status).to.eql('cancelled')"),
-                         check("files or a note", "data.runs.forEach(r => pm.expect(r.files.length > 0 || !!r.note).to.be.true)"))),
+                         check("files or a note", "data.runs.forEach(r => pm.expect(r.files.length > 0 || !!r.note).to.be.true)"),
+                         save(f"{v}run_job_id", "data.runs[0].job_id"))),
+        request("Download with a forged signature", "GET",
+                f"{ft}/{{{{{v}finetune_id}}}}/runs/{{{{{v}run_job_id}}}}/files/adapter_config.json?expires=1&sig=forged",
+                tests=error(403)),
         request("Get unknown finetune", "GET", f"{ft}/does-not-exist", headers=auth, tests=error(404)),
     ]
     items = dataset_items + finetune_items
