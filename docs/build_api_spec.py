@@ -90,13 +90,13 @@ EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {  # schema -> (module holding
     }),
     "FinetuneUpdate": ("common.schemas", {"training_dataset_id": "ds-0123456789abcdef",
                                           "validation_dataset_id": "ds-fedcba9876543210"}),
-    "ChatCompletionRequest": ("services.inference.protocol", {
+    "ChatCompletionRequest": ("common.schemas.inference", {
         "model": "ft:ft-0123456789ab", "messages": [{"role": "user", "content": "reverse: red, cat, boat"}],
         "max_tokens": 32, "temperature": 0,
     }),
-    "CompletionRequest": ("services.inference.protocol", {"model": "ft:ft-0123456789ab", "prompt": "The",
+    "CompletionRequest": ("common.schemas.inference", {"model": "ft:ft-0123456789ab", "prompt": "The",
                                                           "max_tokens": 16}),
-    "PlaygroundGenerate": ("services.inference.protocol", {"model_id": "ft:ft-0123456789ab",
+    "PlaygroundGenerate": ("common.schemas.inference", {"model_id": "ft:ft-0123456789ab",
                                                            "prompt": "reverse: red, cat, boat", "max_new_tokens": 32}),
     "TrainingRequest": ("common.schemas", {
         "base_model": {"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct"},

@@ -1,7 +1,7 @@
 """The gateway's client of the inference service: one pooled async httpx client, streams passed through.
 
 The gateway resolves ``model`` in the caller's workspace (``gateway.models.resolve_for_inference``) and
-forwards the validated request with the resolution in two headers (``services.inference.protocol``).
+forwards the validated request with the resolution in two headers (``common.schemas.inference``).
 A streamed answer is relayed chunk by chunk as it arrives, never buffered. Failures:
 
     service not reachable              ServiceUnavailable (503)
@@ -20,9 +20,9 @@ from pydantic import BaseModel
 
 from common.components import Kind, of_kind
 from common.errors import ServiceUnavailable, TrainyardError
+from common.schemas.inference import ADAPTER_HEADER, BASE_MODEL_HEADER, CALLER_HEADER
 from common.service_auth import auth_header
 from common.settings import Settings
-from services.inference.protocol import ADAPTER_HEADER, BASE_MODEL_HEADER, CALLER_HEADER
 
 if TYPE_CHECKING:
     from gateway.models import ServedModel

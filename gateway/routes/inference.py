@@ -14,12 +14,8 @@ from fastapi.responses import StreamingResponse
 
 from common.openai_errors import OPENAI_ERRORS, OpenAIRoute
 from common.schemas import ErrorBody, ModelPublic
-from gateway import models
-from gateway.auth import Principal
-from gateway.context import Gateway
-from gateway.deps import PUBLIC, GatewayDep
-from gateway.models import ServedModel
-from services.inference.protocol import (
+from common.schemas.inference import (
+    SSE_HEADERS,
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
@@ -29,7 +25,11 @@ from services.inference.protocol import (
     PlaygroundGenerate,
     PlaygroundResult,
 )
-from services.inference.serving import SSE_HEADERS
+from gateway import models
+from gateway.auth import Principal
+from gateway.context import Gateway
+from gateway.deps import PUBLIC, GatewayDep
+from gateway.models import ServedModel
 
 Writer = Annotated[Principal, Depends(PUBLIC.write)]
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 502, 503)}

@@ -13,10 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from common.openai_errors import OPENAI_ERRORS, OpenAIRoute
 from common.schemas import ErrorBody, Health
-from common.service_auth import require_service_token
-from common.version import VERSION
-from services.inference.engine import ModelRef
-from services.inference.protocol import (
+from common.schemas.inference import (
     ADAPTER_HEADER,
     BASE_MODEL_HEADER,
     CALLER_HEADER,
@@ -29,6 +26,9 @@ from services.inference.protocol import (
     PlaygroundGenerate,
     PlaygroundResult,
 )
+from common.service_auth import require_service_token
+from common.version import VERSION
+from services.inference.engine import ModelRef
 from services.inference.serving import InferenceServing
 
 

@@ -15,10 +15,8 @@ from fastapi.responses import StreamingResponse
 
 from common.errors import ServiceUnavailable, TrainyardError
 from common.openai_errors import from_exception
-from common.settings import Settings
-from services.inference.engine import Exported, ExportJob, Finished, GenerationRequest, ModelRef, Started, Text
-from services.inference.engine_client import EngineClient
-from services.inference.protocol import (
+from common.schemas.inference import (
+    SSE_HEADERS,
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
@@ -37,8 +35,9 @@ from services.inference.protocol import (
     new_id,
     now,
 )
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+from common.settings import Settings
+from services.inference.engine import Exported, ExportJob, Finished, GenerationRequest, ModelRef, Started, Text
+from services.inference.engine_client import EngineClient
 
 
 def merged_uri(adapter_uri: str) -> str:
