@@ -474,6 +474,14 @@ def load_tokenizer(model: str, store: ObjectStore | None = None) -> tuple[Tokeni
 
 
 def _load(tokenizer_cls: Any, model: str, store: ObjectStore | None, depth: int) -> tuple[Any, str]:
+    from common.catalog import resolve
+    from common.settings import get_settings
+
+    entry = resolve(model, get_settings())
+    if entry is not None:
+        if entry.available and entry.gguf_file:
+            return None, f"token counts skipped: '{model}' is a GGUF file, which has no tokenizer.json"
+        model = entry.path  # the catalog's local directory, or the hub id
     if model.startswith(("file://", "s3://")):
         if store is None:
             return None, f"token counts skipped: no object store to read '{model}'"

@@ -1,23 +1,32 @@
-"""The Trainyard demo: a real LoRA fine-tune of the project's tiny model, driven through the gateway
-exactly as a user or control plane would (the data-service contract's flow).
+"""The Trainyard demo: fine-tune a real model through the gateway and compare it with its base.
 
-    make demo        (or: .venv/bin/python examples/demo.py)
+    make demo                             (or: .venv/bin/python examples/demo.py)
+    .venv/bin/python examples/demo.py --task reverse    (the project's tiny model: a fast smoke run)
+
+The default task routes support tickets to one of six team queues (``examples/ticket_routing/``):
+SmolLM2-135M-Instruct answers in chatty sentences, never with the bare queue name the team's tools
+expect; a short LoRA fine-tune teaches it the house labels. The flow is the data-service contract's:
 
 1. starts the local stack (`make up`: gateway :8080, trainer services :8081-8083) unless it runs
 2. creates a training and a validation dataset, PUTs each file to its signed URL, attaches it
 3. creates a finetune, attaches the datasets, validates them in the background
 4. starts the finetune and shows live progress (step, loss) until it completes
-5. prints the eval loss before/after and where the adapter is, then loads base + adapter and
-   answers a held-out prompt
+5. answers the held-out tickets (phrased unlike any training row) with the base model and with the
+   fine-tuned one, side by side, and prints exact match before and after
 6. stops the stack again if it started it
+
+The demo process itself stays light (httpx only): answers come from ``answer_prompts``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +35,38 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common.catalog import SMOLLM2_ID, TINY_MODEL_ID  # noqa: E402
 from gateway import localstack  # noqa: E402
 
-GATEWAY = localstack.url("gateway")
-SAMPLES = REPO / "examples" / "sft"
-HYPERPARAMETERS = {
-    "method": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "learning_rate": 5e-3,
-    "batch_size": 8, "max_steps": 60, "logging_steps": 5, "eval_steps": 20, "max_sequence_length": 128,
-    "precision": "fp32",
-}
 TERMINAL = ("completed", "failed", "cancelled")
+Chat = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One demo: a base model, its data directory (train/validation/heldout.jsonl) and the finetune's knobs."""
+
+    title: str
+    model: str
+    data_dir: Path
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    show: int = 10  # held-out rows printed side by side (exact match counts them all)
+
+
+TASKS = {
+    "tickets": Task(
+        "support ticket routing (demo)", SMOLLM2_ID, REPO / "examples" / "ticket_routing",
+        {"method": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "learning_rate": 2e-3,
+         "batch_size": 8, "epochs": 1, "logging_steps": 5, "max_sequence_length": 128, "precision": "fp32"},
+    ),
+    "reverse": Task(
+        "reverse words (tiny model)", TINY_MODEL_ID, REPO / "examples" / "sft",
+        {"method": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "learning_rate": 5e-3,
+         "batch_size": 8, "max_steps": 60, "logging_steps": 5, "eval_steps": 20, "max_sequence_length": 128,
+         "precision": "fp32"},
+        show=3,
+    ),
+}
 
 
 def data(r: httpx.Response) -> Any:
@@ -59,7 +90,7 @@ def upload(c: httpx.Client, path: Path, kind: str, model: str) -> str:
     return ds["id"]
 
 
-def follow(c: httpx.Client, finetune_id: str, timeout: float = 900) -> dict[str, Any]:
+def follow(c: httpx.Client, finetune_id: str, timeout: float = 1800) -> dict[str, Any]:
     """Poll the finetune and print each new step; return it once it ends."""
     deadline = time.monotonic() + timeout
     shown = (None, None)
@@ -81,93 +112,130 @@ def follow(c: httpx.Client, finetune_id: str, timeout: float = 900) -> dict[str,
     raise SystemExit(f"finetune {finetune_id} did not finish in {timeout:.0f}s")
 
 
-def answer(model_dir: Path, adapter_uri: str, prompt: str) -> str:
-    """Load base + adapter with transformers/PEFT (here, in the client) and answer one prompt."""
-    import warnings
+def finetune(c: httpx.Client, task: Task) -> dict[str, Any]:
+    """Datasets, validation, training through the gateway; returns the completed finetune."""
+    services = {s["name"]: s["reachable"] for s in data(c.get("/v1/services"))}
+    print("trainer services: " + ", ".join(f"{n} {'up' if ok else 'down'}" for n, ok in services.items()))
+    if not services.get("huggingface"):
+        raise SystemExit("the huggingface trainer service is not reachable; see var/logs/huggingface.log")
 
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    step("1. datasets: create, PUT to the signed URL, attach")
+    train_id = upload(c, task.data_dir / "train.jsonl", "training", task.model)
+    val_id = upload(c, task.data_dir / "validation.jsonl", "validation", task.model)
 
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    step(f"2. finetune of {task.model}: create, attach the datasets, validate them")
+    finetune_id = data(c.post("/v1/finetune", json={
+        "name": task.title, "provider": "huggingface", "model": task.model,
+        "hyperparameters": task.hyperparameters}))["id"]
+    ft = data(c.put(f"/v1/finetune/{finetune_id}", json={"training_dataset_id": train_id,
+                                                        "validation_dataset_id": val_id}))
+    print(f"finetune {finetune_id}: {ft['status']}")
+    ft = data(c.post(f"/v1/finetune/{finetune_id}/validation/start"))
+    print(f"  {ft['status']}")
+    while ft["status"] == "pk_dataset_validation_in_progress":
+        time.sleep(0.3)
+        ft = data(c.get(f"/v1/finetune/{finetune_id}"))
+    print(f"  {ft['status']}")
+    for role in ("training", "validation"):
+        report = ft["validation"][role]
+        tokens = report.get("tokens") or {}
+        print(f"  {role}: {report['rows']} rows, format {report['format']}, {report['errors_total']} errors, "
+              f"{tokens.get('total', '?')} tokens (longest row {tokens.get('max', '?')})")
+    if ft["status"] != "pk_dataset_validation_successfull":
+        raise SystemExit(json.dumps(ft["validation"], indent=2))
 
-    from common.storage import ObjectStore
+    step("3. start: the gateway submits the job to the huggingface service")
+    ft = data(c.post(f"/v1/finetune/{finetune_id}/start", json={}))
+    print(f"job {ft['job_id']}: {ft['status']}")
+    started = time.monotonic()
+    ft = follow(c, finetune_id)
+    if ft["status"] != "completed":
+        raise SystemExit(f"finetune {ft['status']}: {ft.get('error')}")
 
-    adapter_dir = ObjectStore().local_path(adapter_uri)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir).eval()
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
-    out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    step("4. result")
+    m = ft["metrics"]
+    before, after = m.get("eval_loss_before"), m.get("eval_loss")
+    if before is not None and after is not None:
+        print(f"eval loss before {before:.4f} -> after {after:.4f} ({(after - before) / before:+.0%})")
+    if m.get("train_loss") is not None:
+        tps = f", {m['train_tokens_per_second']:.0f} tokens/s" if m.get("train_tokens_per_second") else ""
+        print(f"train loss {m['train_loss']:.4f}, {m.get('runtime_seconds') or 0:.1f}s of training{tps} "
+              f"({time.monotonic() - started:.0f}s from start to completed, model loading included)")
+    print(f"adapter: {ft['output_uri']}")
+    print(f"logs:    {ft['log_uri']}")
+    return ft
 
 
-def run(model_dir: Path, key: str) -> None:
-    model = str(model_dir)
-    with httpx.Client(base_url=GATEWAY, headers={"x-portkey-api-key": key}, timeout=60) as c:
-        services = {s["name"]: s["reachable"] for s in data(c.get("/v1/services"))}
-        print("trainer services: " + ", ".join(f"{n} {'up' if ok else 'down'}" for n, ok in services.items()))
-        if not services.get("huggingface"):
-            raise SystemExit("the huggingface trainer service is not reachable; see var/logs/huggingface.log")
+def answer_prompts(prompts: list[Chat], model: str, adapter_uri: str) -> dict[str, list[str]]:
+    """Greedy answers to ``prompts`` by the base model ("base") and by base + adapter ("fine-tuned").
 
-        step("1. datasets: create, PUT to the signed URL, attach")
-        train_id = upload(c, SAMPLES / "train.jsonl", "training", model)
-        val_id = upload(c, SAMPLES / "validation.jsonl", "validation", model)
+    One subprocess (examples/answer.py) loads the base once and answers both ways, so this process
+    never imports torch.
+    """
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "answer.py"), model, "--adapter", adapter_uri],
+        input=json.dumps(prompts), capture_output=True, text=True, cwd=REPO, check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"answering failed:\n{proc.stderr[-4000:]}")
+    answers = json.loads(proc.stdout)
+    return {"base": answers["base"], "fine-tuned": answers["adapter"]}
 
-        step("2. finetune: create, attach the datasets, validate them")
-        finetune_id = data(c.post("/v1/finetune", json={
-            "name": "reverse words (demo)", "provider": "huggingface", "model": model,
-            "hyperparameters": HYPERPARAMETERS}))["id"]
-        ft = data(c.put(f"/v1/finetune/{finetune_id}", json={"training_dataset_id": train_id,
-                                                            "validation_dataset_id": val_id}))
-        print(f"finetune {finetune_id}: {ft['status']}")
-        ft = data(c.post(f"/v1/finetune/{finetune_id}/validation/start"))
-        print(f"  {ft['status']}")
-        while ft["status"] == "pk_dataset_validation_in_progress":
-            time.sleep(0.3)
-            ft = data(c.get(f"/v1/finetune/{finetune_id}"))
-        print(f"  {ft['status']}")
-        for role in ("training", "validation"):
-            report = ft["validation"][role]
-            tokens = report.get("tokens") or {}
-            print(f"  {role}: {report['rows']} rows, format {report['format']}, {report['errors_total']} errors, "
-                  f"{tokens.get('total', '?')} tokens (longest row {tokens.get('max', '?')})")
-        if ft["status"] != "pk_dataset_validation_successfull":
-            raise SystemExit(json.dumps(ft["validation"], indent=2))
 
-        step("3. start: the gateway submits the job to the huggingface service")
-        ft = data(c.post(f"/v1/finetune/{finetune_id}/start", json={}))
-        print(f"job {ft['job_id']}: {ft['status']}")
-        ft = follow(c, finetune_id)
-        if ft["status"] != "completed":
-            raise SystemExit(f"finetune {ft['status']}: {ft.get('error')}")
+def heldout(task: Task) -> tuple[list[Chat], list[str]]:
+    """(prompts, expected answers) of the task's held-out rows: chat rows minus their last (assistant)
+    turn, or conversational prompt-completion rows split into the two."""
+    name = "heldout.jsonl" if (task.data_dir / "heldout.jsonl").is_file() else "validation.jsonl"
+    rows = [json.loads(line) for line in (task.data_dir / name).read_text().splitlines() if line.strip()]
+    chats = [r["messages"] if "messages" in r else r["prompt"] + r["completion"] for r in rows]
+    return [c[:-1] for c in chats], [c[-1]["content"] for c in chats]
 
-        step("4. result")
-        m = ft["metrics"]
-        before, after = m.get("eval_loss_before"), m.get("eval_loss")
-        if before is not None and after is not None:
-            print(f"eval loss before {before:.4f} -> after {after:.4f} ({(after - before) / before:+.0%})")
-        if m.get("train_loss") is not None:
-            print(f"train loss {m['train_loss']:.4f}, {m.get('runtime_seconds') or 0:.1f}s of training")
-        print(f"adapter: {ft['output_uri']}")
-        print(f"logs:    {ft['log_uri']}")
 
-        step("5. base + adapter answer a held-out prompt")
-        row = json.loads((SAMPLES / "validation.jsonl").read_text().splitlines()[0])
-        prompt, expected = row["messages"][0]["content"], row["messages"][-1]["content"]
-        print(f"prompt:   {prompt}\nexpected: {expected}\nanswer:   {answer(model_dir, ft['output_uri'], prompt)}")
+def exact_match(answers: list[str], expected: list[str]) -> float:
+    return sum(a.strip() == e.strip() for a, e in zip(answers, expected, strict=True)) / len(expected)
+
+
+def compare(task: Task, adapter_uri: str) -> dict[str, float]:
+    """Print base vs fine-tuned answers to held-out prompts; return exact match of each."""
+    prompts, expected = heldout(task)
+    step(f"5. {len(prompts)} held-out prompts, phrased unlike any training row: base vs fine-tuned")
+    started = time.monotonic()
+    answers = answer_prompts(prompts, task.model, adapter_uri)
+    print(f"(answered in {time.monotonic() - started:.0f}s)")
+
+    def cut(text: str, width: int) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    print(f"{'prompt':<46} {'expected':<10} {'base model':<34} fine-tuned")
+    for i in range(min(task.show, len(prompts))):
+        base, tuned = answers["base"][i], answers["fine-tuned"][i]
+        mark = "ok " if tuned.strip() == expected[i] else "-- "
+        print(f"{cut(prompts[i][-1]['content'], 46):<46} {expected[i]:<10} {cut(base, 34):<34} {mark}{cut(tuned, 30)}")
+    scores = {name: exact_match(a, expected) for name, a in answers.items()}
+    print(f"\nheld-out exact match: base {scores['base']:.0%} -> fine-tuned {scores['fine-tuned']:.0%} "
+          f"({len(prompts)} prompts)")
+    return scores
+
+
+def run(task: Task, key: str, gateway: str) -> dict[str, float]:
+    with httpx.Client(base_url=gateway, headers={"x-portkey-api-key": key}, timeout=60) as c:
+        ft = finetune(c, task)
+    return compare(task, ft["output_uri"])
 
 
 def main() -> None:
-    from common.train.tiny_model import build_tiny_model
-
-    print("building the tiny model (cached after the first run) ...", flush=True)
-    model_dir = build_tiny_model(REPO / "var" / "models" / "tiny-llama")
+    parser = argparse.ArgumentParser(description="Fine-tune through the gateway and compare with the base model.")
+    parser.add_argument("--task", choices=sorted(TASKS), default="tickets")
+    task = TASKS[parser.parse_args().task]
+    if task.model == TINY_MODEL_ID:
+        print("building the tiny model (cached after the first run) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "common.train.tiny_model", "--out", "var/models/tiny-llama"],
+                       cwd=REPO, check=True)
     started = [] if localstack.healthy("gateway") else localstack.up()
     try:
         key = os.environ.get("TRAINYARD_ADMIN_API_KEY") or localstack.secret_env()["TRAINYARD_ADMIN_API_KEY"]
-        run(model_dir, key)
+        run(task, key, localstack.url("gateway"))
     finally:
         if started:
             print()

@@ -1,7 +1,9 @@
 """Loading base models and tokenizers, and setting up LoRA, QLoRA or a full fine-tune.
 
 Everything goes through the real ``from_pretrained`` path so a hub id, a local
-directory and a ``file://``/``s3://`` prefix behave the same. A prefix holding an
+directory and a ``file://``/``s3://`` prefix behave the same. A base-model catalog
+id (``common.catalog``) loads from the catalog's local files (a directory, or a
+GGUF file dequantized on load) and passes through to the hub where they are absent. A prefix holding an
 adapter (the output of an earlier job) is a valid base: its own base is loaded
 and the adapter merged in, which is how SFT -> DPO pipelines chain jobs.
 Heavy imports stay inside functions: this module is imported by backends that
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ADAPTER_CONFIG = "adapter_config.json"
+GGUF_QLORA_REFUSAL = (
+    "method 'qlora' cannot train {model}: its weights are a GGUF file, which loads dequantized and "
+    "cannot be re-quantized to 4 bits on load; use method 'lora'"
+)
 MAX_ADAPTER_CHAIN = 8
 # Attention projections by architecture family, tried in order; first family present wins.
 ATTENTION_PROJECTIONS: tuple[tuple[str, ...], ...] = (
@@ -50,7 +56,8 @@ class ModelSource:
     revision: str | None = None
     token: str | None = field(default=None, repr=False)
     adapter_dirs: tuple[Path, ...] = ()  # earlier jobs' adapters, merged into the base in order
-    reference: str = ""  # how a later job can find this base again (URI or hub id)
+    reference: str = ""  # how a later job can find this base again (URI, catalog or hub id)
+    gguf_file: str | None = None  # the base weights are this GGUF file inside name_or_path
 
     @property
     def tokenizer_path(self) -> str:
@@ -58,6 +65,17 @@ class ModelSource:
         if self.adapter_dirs and (self.adapter_dirs[-1] / "tokenizer_config.json").is_file():
             return str(self.adapter_dirs[-1])
         return self.name_or_path
+
+    def pretrained_kwargs(self, path: str, *, model: bool = False) -> dict[str, Any]:
+        """Keyword arguments of ``from_pretrained(path, ...)``: the GGUF file when ``path`` is the base
+        (for a model: unpacked into dense weights, which train like any checkpoint's)."""
+        if not self.gguf_file or path != self.name_or_path:
+            return {}
+        if not model:
+            return {"gguf_file": self.gguf_file}
+        from transformers import GgufConfig
+
+        return {"gguf_file": self.gguf_file, "quantization_config": GgufConfig(dequantize=True)}
 
 
 def _is_uri(ref: str) -> bool:
@@ -74,18 +92,36 @@ def resolve_model(request: TrainingRequest, work_dir: Path) -> ModelSource:
     token = bm.huggingface_token or bm.auth_token
     secret = token.get_secret_value() if token else None
     ref = base_ref = bm.weights_url or bm.model_name
-    local = _fetch(ref, work_dir / "base-model")
+    base_ref, local, gguf = _locate(ref, work_dir / "base-model")
     adapters: list[Path] = []
     # An adapter's base may itself be an adapter (SFT -> DPO -> ...): follow the chain to real weights.
-    while local is not None and (local / ADAPTER_CONFIG).is_file():
+    while local is not None and gguf is None and (local / ADAPTER_CONFIG).is_file():
         if len(adapters) >= MAX_ADAPTER_CHAIN:
             raise ModelLoadError(f"{ref}: more than {MAX_ADAPTER_CHAIN} adapters stacked on one base")
         adapters.append(local)
-        base_ref = _adapter_base(local)
-        local = _fetch(base_ref, work_dir / f"base-model-{len(adapters)}")
+        base_ref, local, gguf = _locate(_adapter_base(local), work_dir / f"base-model-{len(adapters)}")
     revision = None if local is not None else bm.revision
     name = str(local) if local is not None else base_ref
-    return ModelSource(name, revision, secret, tuple(reversed(adapters)), reference=ref)
+    return ModelSource(name, revision, secret, tuple(reversed(adapters)), reference=ref, gguf_file=gguf)
+
+
+def _locate(ref: str, dest: Path) -> tuple[str, Path | None, str | None]:
+    """(hub id or ref, local directory or None, GGUF file name or None) for one ref: catalog ids first.
+
+    Raises:
+        ModelLoadError: a catalog entry whose local files are missing; nothing at a URI or directory.
+    """
+    from common.catalog import resolve
+    from common.settings import get_settings
+
+    entry = resolve(ref, get_settings())
+    if entry is None:
+        return ref, _fetch(ref, dest), None
+    if entry.available:
+        return entry.path, Path(entry.path), entry.gguf_file
+    if Path(entry.path).expanduser().is_absolute():
+        raise ModelLoadError(f"base model {ref}: its files are not at {entry.path} ({entry.description})")
+    return entry.path, None, None  # not local here: from_pretrained fetches the hub id
 
 
 def _fetch(ref: str, dest: Path) -> Path | None:
@@ -146,8 +182,9 @@ def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
+        path = source.tokenizer_path
         tokenizer = AutoTokenizer.from_pretrained(
-            source.tokenizer_path, revision=source.revision, token=source.token
+            path, revision=source.revision, token=source.token, **source.pretrained_kwargs(path)
         )
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the tokenizer of {source.reference or source.name_or_path}: {_first_line(e)}") from e
@@ -169,6 +206,8 @@ def load_causal_lm(request: TrainingRequest, source: ModelSource, work_dir: Path
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": source.revision, "token": source.token}
     quantize = cust.method == Method.qlora
     path = source.name_or_path
+    if quantize and source.gguf_file:
+        raise Unprocessable([GGUF_QLORA_REFUSAL.format(model=source.reference)])
     if source.adapter_dirs:
         merged = _merge_adapters(source, dtype)
         if not quantize:
@@ -187,9 +226,21 @@ def load_causal_lm(request: TrainingRequest, source: ModelSource, work_dir: Path
                 log.warning("qlora: %s stays in full precision (%s)", name, reason)
             kwargs["quantization_config"] = bnb_config(request, skip)
             kwargs["device_map"] = _quantized_device_map()
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **source.pretrained_kwargs(path, model=True))
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load model {source.reference or path}: {_first_line(e)}") from e
+    return _dense(model)
+
+
+def _dense(model: PreTrainedModel) -> PreTrainedModel:
+    """A GGUF checkpoint loaded dequantized holds plain dense weights, but keeps its GGUF quantizer
+    attached, and the Trainer refuses to train a model whose quantizer cannot train: detach it."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and getattr(quantizer.quantization_config, "dequantize", False):
+        model.hf_quantizer = None  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
 
 
 def _quantized_device_map() -> dict[str, Any] | None:
@@ -209,8 +260,10 @@ def _merge_adapters(source: ModelSource, dtype: torch.dtype) -> PreTrainedModel:
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source.name_or_path, dtype=dtype, revision=source.revision, token=source.token
+            source.name_or_path, dtype=dtype, revision=source.revision, token=source.token,
+            **source.pretrained_kwargs(source.name_or_path, model=True),
         )
+        _dense(model)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load model {source.name_or_path}: {_first_line(e)}") from e
     for adapter in source.adapter_dirs:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from common.schemas import Method, TrainingRequest, TrainingType
 from common.settings import get_settings
+from common.train.models import GGUF_QLORA_REFUSAL
 from common.train.probes import job_python, qlora_problem
 from common.trainer import BaseTrainerBackend, TrainContext
 
@@ -29,6 +30,8 @@ class HuggingFaceBackend(BaseTrainerBackend):
         # QLoRA: bitsandbytes must quantize to 4 bits where the jobs run (probed once, in the job interpreter).
         if cust.method == Method.qlora and (reason := qlora_problem(runner, job_python(get_settings().python_executable))):
             problems.append(reason)
+        if cust.method == Method.qlora and (gguf_base := _catalog_gguf_base(request)):
+            problems.append(GGUF_QLORA_REFUSAL.format(model=gguf_base))
         if cust.method != Method.full and cust.trainable_layers:
             problems.append("customization.trainable_layers applies to method 'full' only")
         return problems
@@ -67,3 +70,12 @@ class HuggingFaceBackend(BaseTrainerBackend):
         sft.save(trainer, tokenizer, ctx.output_dir)
         models.save_adapter_reference(ctx.output_dir, source)
         return {"method": request.customization.method.value, "dataset_format": fmt, **metrics}
+
+
+def _catalog_gguf_base(request: TrainingRequest) -> str | None:
+    """The request's base model id when the catalog serves it here as a GGUF file."""
+    from common.catalog import resolve
+
+    ref = request.base_model.weights_url or request.base_model.model_name
+    entry = resolve(ref, get_settings())
+    return ref if entry is not None and entry.available and entry.gguf_file else None
