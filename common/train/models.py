@@ -237,7 +237,7 @@ def _dense(model: PreTrainedModel) -> PreTrainedModel:
     attached, and the Trainer refuses to train a model whose quantizer cannot train: detach it."""
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None and getattr(quantizer.quantization_config, "dequantize", False):
-        model.hf_quantizer = None  # type: ignore[assignment]
+        model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model
