@@ -113,10 +113,12 @@ def install_handlers(app: Any) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return reply(exc.status_code, exc.error, exc.detail, headers)
 
-    async def on_validation(_: Any, exc: RequestValidationError) -> JSONResponse:
+    async def on_validation(request: Any, exc: RequestValidationError) -> JSONResponse:
+        from common.fieldhints import explain
+
         detail = [
             {"loc": [str(p) for p in err.get("loc", ())], "msg": err.get("msg", ""), "type": err.get("type", "")}
-            for err in exc.errors()
+            for err in explain(exc.errors(), request.scope.get("route"))
         ]
         return reply(422, "validation_error", detail)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from common import components
 from common.errors import BadRequest, StorageError
-from common.rows import BOM, PARSERS, RowError, decode_line, parse_line
+from common.rows import BOM, PARSERS, RowError, decode_line, parse_first_line
 from common.schemas import TrainingRequest, TrainingType
 from common.storage import ObjectStore
 
@@ -65,7 +65,7 @@ def dataset_problems(store: ObjectStore, request: TrainingRequest, training_type
         where = f"datasets[{i}] ({name} line {line})"
         try:
             text = decode_line(raw)
-            row = parse_line(text.lstrip(BOM) if line == 1 else text)
+            row = parse_first_line(text.lstrip(BOM) if line == 1 else text)
         except RowError as e:
             problems.append(f"{where}: {e.sentence}")
             continue

@@ -6,7 +6,9 @@ and which format it is in, so they cannot disagree about the same file. Formats 
 dataset types, so normalised rows pass to SFTTrainer/DPOTrainer unchanged:
 
 * SFT: ``messages`` (chat), ``prompt``/``completion`` (strings, or message lists: TRL's
-  conversational prompt-completion) or ``text``;
+  conversational prompt-completion) or ``text``; Alpaca rows (``instruction``, optional ``input``,
+  ``output``) are read as ``messages``: instruction and input as the user turn, output as the
+  assistant's;
 * DPO: ``prompt``/``chosen``/``rejected`` (strings, or message lists).
 
 Messages have a role of system/user/assistant and string content; a completion, a chat and a
@@ -24,6 +26,10 @@ from common.schemas import TrainingType
 
 ROLES = frozenset({"system", "user", "assistant"})
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
+JSONL_ONLY = (
+    "the file must be JSONL: one JSON object per line; this looks like a JSON array or pretty-printed JSON "
+    "(write each row with json.dumps(row) on a line of its own, or run: jq -c '.[]' data.json > data.jsonl)"
+)
 NESTED_TOO_DEEPLY = "JSON nested too deeply to read"
 BOM = "\ufeff"  # byte-order mark some editors write before the first line
 
@@ -78,6 +84,43 @@ def parse_line(text: str) -> dict[str, Any]:
     return row
 
 
+def parse_first_line(text: str) -> dict[str, Any]:
+    """``parse_line`` for a file's first non-blank line, which also tells a JSON file from JSONL.
+
+    Raises:
+        RowError: as ``parse_line``; the JSONL message when the file is a JSON array or pretty-printed.
+    """
+    try:
+        return parse_line(text)
+    except RowError as e:
+        if not_jsonl(text):
+            raise RowError("", JSONL_ONLY) from e
+        raise
+
+
+def not_jsonl(first_line: str) -> bool:
+    """Whether a file's first non-blank line shows the file is JSON rather than JSONL: an array
+    (``[`` ...), or a value that continues on the next line (pretty-printed, e.g. ``{`` alone)."""
+    text = first_line.strip()
+    if text.startswith("["):
+        return True
+    try:
+        _decode(text)
+    except json.JSONDecodeError as e:
+        return e.pos >= len(text)  # valid so far, cut off by the line's end
+    except RecursionError:
+        return False
+    return False
+
+
+def providers(training_type: TrainingType) -> str:
+    """The finetune ``provider`` values whose backend trains ``training_type`` data ("dpo")."""
+    from common import components  # only on an error path: it reads the project's entry points
+
+    names = [c.name for c in components.of_kind(components.Kind.trainer) if c.training_type == training_type.value]
+    return " or ".join(f"'{n}'" for n in names) or f"one that trains {training_type.value.upper()}"
+
+
 def _messages(value: Any, field: str, *, last_assistant: bool, normalize: bool) -> list[dict[str, Any]]:
     """A checked message list; ``normalize`` keeps only role/content (extra keys break Arrow schemas)."""
     if type(value) is not list or not value:
@@ -127,8 +170,31 @@ def sft_row(row: dict[str, Any], *, normalize: bool = True) -> tuple[str, dict[s
         return "prompt_completion", {"prompt": _string(prompt, "prompt"), "completion": _string(completion, "completion")}
     if "text" in row:
         return "text", {"text": _string(row["text"], "text")}
+    if "instruction" in row:
+        return "messages", {"messages": _alpaca(row)}
     keys = ", ".join(sorted(row)) or "none"
-    raise RowError("", f"unknown row format (keys: {keys}); expected 'messages', 'prompt' + 'completion', or 'text'")
+    if "chosen" in row or "rejected" in row:
+        raise RowError(
+            "", f"this is a preference row (keys: {keys}), which an SFT finetune cannot train; "
+            f"create the finetune with provider {providers(TrainingType.dpo)}"
+        )
+    raise RowError(
+        "", f"unknown row format (keys: {keys}); expected 'messages', 'prompt' + 'completion', 'text', "
+        "or 'instruction' + 'output'"
+    )
+
+
+def _alpaca(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """An Alpaca row as a chat: instruction (and input, when not empty) from the user, output from the assistant."""
+    if "output" not in row:
+        raise RowError("output", "'output' is missing: an Alpaca row ('instruction', 'input', 'output') needs the answer")
+    user = _string(row["instruction"], "instruction")
+    extra = row.get("input", "")
+    if type(extra) is not str:
+        raise RowError("input", "'input' must be a string")
+    if extra.strip():
+        user = f"{user}\n\n{extra}"
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": _string(row["output"], "output")}]
 
 
 def dpo_row(row: dict[str, Any], *, normalize: bool = True) -> tuple[str, dict[str, Any]]:

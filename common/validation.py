@@ -4,11 +4,13 @@ The gateway runs this in the background before a finetune may start, so a user l
 line 48 213 in seconds instead of after a GPU job has loaded its model. It reads the file once,
 in blocks, with flat memory (one block, one line and one tokenizer batch at a time), and checks:
 
-* every line is a JSON object (blank lines are skipped, as the training program skips them);
+* every line is a JSON object (blank lines are skipped, as the training program skips them); a
+  file that is a JSON array or pretty-printed JSON gets one error saying so, not one per line;
 * the row format fits the training type, with the rules the training job applies too
   (``common/rows.py``): SFT rows are chat ``messages`` (roles system/user/assistant,
   string contents, ending with an assistant turn), ``prompt``/``completion`` (strings or message
-  lists) or ``text``; DPO rows have ``prompt``/``chosen``/``rejected``; one format per file;
+  lists), ``text`` or Alpaca's ``instruction``/``input``/``output`` (read as ``messages``); DPO rows
+  have ``prompt``/``chosen``/``rejected``; one format per file;
 * limits: at least one row, at most ``max_rows``, no line over ``max_line_bytes``, and, when the
   base model's tokenizer can be loaded, no row over ``max_sequence_length`` tokens.
 
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from common.rows import BOM, NESTED_TOO_DEEPLY, PARSERS, RowError, decode_line, parse_line
+from common.rows import BOM, JSONL_ONLY, NESTED_TOO_DEEPLY, PARSERS, RowError, decode_line, not_jsonl, parse_line
 from common.schemas import TokenStats, TrainingType, ValidationIssue, ValidationReport
 
 if TYPE_CHECKING:
@@ -308,13 +310,16 @@ def validate_stream(
                 try:
                     row = parse_line(text)
                 except RowError as e:
+                    if rows == 0 and errors.total == 0 and not_jsonl(text):  # the first line: one error, not one a line
+                        errors.add(line, "", JSONL_ONLY)
+                        raise _StopReading from e
                     errors.add(line, e.field, e.message)
                     continue
                 rows += 1
                 if rows > limits.max_rows:
                     errors.add(line, "", f"more than max_rows={limits.max_rows} rows; the rest was not read")
                     rows -= 1
-                    raise _TooMany
+                    raise _StopReading
                 try:
                     row_fmt, fields = parse(row, normalize=False)
                 except RowError as e:
@@ -333,7 +338,7 @@ def validate_stream(
                     continue
                 if tokens is not None:
                     tokens.add(line, *sequences(fields))
-    except _TooMany:
+    except _StopReading:
         pass
     finally:
         if tokens is not None:
@@ -356,7 +361,7 @@ def validate_stream(
     )
 
 
-class _TooMany(Exception):
+class _StopReading(Exception):
     pass
 
 

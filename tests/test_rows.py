@@ -56,6 +56,12 @@ LINES: list[object] = [
     {"prompt": msgs(("user", "p")), "chosen": msgs(("assistant", "c")), "rejected": msgs(("assistant", "r"))},
     {"prompt": msgs(("user", "p")), "chosen": msgs(("assistant", "c")), "rejected": msgs(("user", "r"))},
     {"prompt": msgs(("user", "p")), "chosen": "c", "rejected": "r"},
+    {"instruction": "i", "input": "x", "output": "o"},
+    {"instruction": "i", "input": "", "output": "o"},
+    {"instruction": "i", "output": "o"},
+    {"instruction": "i", "input": "x"},
+    {"instruction": "", "output": "o"},
+    {"instruction": "i", "input": 3, "output": "o"},
     '{"messages": [',
     "[1, 2]",
     '"just a string"',
@@ -68,7 +74,8 @@ def encoded(line: object) -> bytes:
     return (line if isinstance(line, str) else json.dumps(line)).encode() + b"\n"
 
 
-CASES = [*((encoded(line), line) for line in LINES), (b'{"text": "\xff\xfe"}\n', "not UTF-8")]
+PRETTY = json.dumps([{"text": "a"}, {"text": "b"}], indent=2).encode()  # a JSON file, not JSONL
+CASES = [*((encoded(line), line) for line in LINES), (b'{"text": "\xff\xfe"}\n', "not UTF-8"), (PRETTY, "pretty")]
 
 
 def validator(data: bytes, training_type: TrainingType) -> tuple[str | None, str, str]:
@@ -122,3 +129,18 @@ def test_the_job_gets_messages_with_role_and_content_only() -> None:
     row = {"messages": [{"role": "user", "content": "u", "name": "x"}, {"role": "assistant", "content": "a"}]}
     assert sft_row(row) == ("messages", {"messages": UA})
     assert sft_row(row, normalize=False)[1]["messages"] is row["messages"]  # validation reads, never copies
+
+
+def test_alpaca_rows_become_a_user_and_an_assistant_turn() -> None:
+    assert sft_row({"instruction": "Reverse:", "input": "a b", "output": "b a"}) == (
+        "messages", {"messages": msgs(("user", "Reverse:\n\na b"), ("assistant", "b a"))}
+    )
+    assert sft_row({"instruction": "Say hi", "input": "", "output": "hi"})[1]["messages"][0]["content"] == "Say hi"
+
+
+def test_a_json_file_gets_one_error_that_says_jsonl_and_preference_rows_name_the_dpo_provider() -> None:
+    report = validate_stream(io.BytesIO(PRETTY * 40), SFT)
+    assert report.errors_total == 1 and report.errors[0].line == 1
+    assert report.errors[0].message.startswith("the file must be JSONL: one JSON object per line")
+    report = validate_stream(io.BytesIO(encoded({"prompt": "p", "chosen": "c", "rejected": "r"}) * 3), SFT)
+    assert report.errors_total == 3 and "create the finetune with provider 'dpo'" in report.errors[0].message

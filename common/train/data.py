@@ -37,6 +37,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         fh = path.open("rb")  # binary, so a decoding error is pinned to its line
     except OSError as e:
         raise DatasetError(f"{path.name}: cannot read dataset file ({e.strerror})") from e
+    seen = False  # a non-blank line was read
     with fh:
         for line_no, raw in enumerate(fh, start=1):
             try:
@@ -45,7 +46,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     line = line.lstrip(rows.BOM)
                 if not line.strip():
                     continue
-                yield line_no, rows.parse_line(line)
+                yield line_no, (rows.parse_line(line) if seen else rows.parse_first_line(line))
+                seen = True
             except rows.RowError as e:
                 raise DatasetError(f"{_where(path, line_no)}: {e.sentence}") from e
 
