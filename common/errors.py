@@ -14,6 +14,7 @@
     │   └── AccessDenied           403  access_denied
     ├── RunnerError                502  runner_error
     └── ServiceUnavailable         503  service_unavailable
+        └── BackendStarting        503  backend_starting (a start-up check still runs; retry soon)
 
 Every HTTP error body is ``{"error", "detail", "status_code"}``; Starlette resolves
 handlers by MRO, so one handler for ``TrainyardError`` covers the tree.
@@ -88,6 +89,10 @@ class RunnerError(TrainyardError):
 
 class ServiceUnavailable(TrainyardError):
     status_code, error = 503, "service_unavailable"
+
+
+class BackendStarting(ServiceUnavailable):
+    error = "backend_starting"
 
 
 def install_handlers(app: Any) -> None:

@@ -65,6 +65,10 @@ class UnslothBackend(BaseTrainerBackend):
         if self._probe is not None:
             self._probe.stop()
 
+    def starting(self, runner: str = "local") -> bool:
+        """True while the start-up check is still importing unsloth (about 20 s)."""
+        return runner == "local" and self._probe is not None and self._probe.running()
+
     def unavailable_reason(self, runner: str = "local") -> str | None:
         """Why unsloth cannot load where the jobs run (checked once, by importing it there), or None."""
         if runner != "local":
