@@ -145,7 +145,7 @@ def job_report(
 
 @meta_router.get("/health", response_model=Health, tags=["meta"])
 def health(request: Request) -> Health:
-    """Healthy, or "starting" while the backend's start-up check runs (the report app has no backend)."""
+    """"healthy", or "starting" while the backend's start-up check runs (requests are answered meanwhile)."""
     backend: BaseTrainerBackend | None = getattr(request.app.state, "backend", None)
     runner: JobRunner | None = getattr(request.app.state, "runner", None)
     busy = backend is not None and runner is not None and backend.starting(runner.name)
