@@ -102,15 +102,13 @@ def not_jsonl(first_line: str) -> bool:
     """Whether a file's first non-blank line shows the file is JSON rather than JSONL: an array
     (``[`` ...), or a value that continues on the next line (pretty-printed, e.g. ``{`` alone)."""
     text = first_line.strip()
-    if text.startswith("["):
-        return True
     try:
-        _decode(text)
+        value = _decode(text)
     except json.JSONDecodeError as e:
-        return e.pos >= len(text)  # valid so far, cut off by the line's end
+        return text.startswith("[") or e.pos >= len(text)  # an array, or valid so far but cut off by the line's end
     except RecursionError:
-        return False
-    return False
+        return False  # too deep to tell; the row's own error says so
+    return type(value) is list
 
 
 def providers(training_type: TrainingType) -> str:
