@@ -14,6 +14,7 @@
     │   └── AccessDenied           403  access_denied
     ├── RunnerError                502  runner_error
     └── ServiceUnavailable         503  service_unavailable
+        └── BackendStarting        503  backend_starting (a start-up check still runs; retry soon)
 
 Every HTTP error body is ``{"error", "detail", "status_code"}``; Starlette resolves
 handlers by MRO, so one handler for ``TrainyardError`` covers the tree.
@@ -90,6 +91,10 @@ class ServiceUnavailable(TrainyardError):
     status_code, error = 503, "service_unavailable"
 
 
+class BackendStarting(ServiceUnavailable):
+    error = "backend_starting"
+
+
 def install_handlers(app: Any) -> None:
     """Map every error a FastAPI app can raise onto the one envelope.
 
@@ -113,10 +118,12 @@ def install_handlers(app: Any) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return reply(exc.status_code, exc.error, exc.detail, headers)
 
-    async def on_validation(_: Any, exc: RequestValidationError) -> JSONResponse:
+    async def on_validation(request: Any, exc: RequestValidationError) -> JSONResponse:
+        from common.fieldhints import explain
+
         detail = [
             {"loc": [str(p) for p in err.get("loc", ())], "msg": err.get("msg", ""), "type": err.get("type", "")}
-            for err in exc.errors()
+            for err in explain(exc.errors(), request.scope.get("route"))
         ]
         return reply(422, "validation_error", detail)
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from common.errors import TrainyardError
+from common.fieldhints import explain
 
 log = logging.getLogger("trainyard.openai")
 
@@ -57,10 +58,10 @@ def error_response(status: int, message: str, *, code: str | None = None, param:
     return JSONResponse(OpenAIError(error=detail).model_dump(), status, headers=headers)
 
 
-def from_exception(exc: Exception) -> JSONResponse:
+def from_exception(exc: Exception, route: Any = None) -> JSONResponse:
     """The OpenAI-shaped response for any exception; unknown ones never leak their text."""
     if isinstance(exc, RequestValidationError):
-        errors = exc.errors()
+        errors = explain(exc.errors(), route)
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query")]
         param = ".".join(loc) or None
@@ -89,7 +90,7 @@ class OpenAIRoute(APIRoute):
             try:
                 return await handler(request)
             except Exception as exc:  # noqa: BLE001 - every error is rendered, none escapes as text
-                return from_exception(exc)
+                return from_exception(exc, request.scope.get("route"))
 
         return openai_handler
 

@@ -16,15 +16,14 @@ from typing import Any
 
 from common import components
 from common.errors import BadRequest, StorageError
+from common.rows import BOM, PARSERS, RowError, decode_line, parse_first_line
 from common.schemas import TrainingRequest, TrainingType
 from common.storage import ObjectStore
-from common.validation import RowError, check_dpo_row, check_sft_row
 
 log = logging.getLogger("trainyard.peek")
 
 MAX_PEEK_BYTES = 1024 * 1024
 MAX_ADAPTER_CHAIN = 8
-CHECKS = {TrainingType.sft: check_sft_row, TrainingType.dpo: check_dpo_row}
 OTHER = {TrainingType.sft: TrainingType.dpo, TrainingType.dpo: TrainingType.sft}
 DATA = {TrainingType.sft: "SFT data", TrainingType.dpo: "preference data"}
 
@@ -35,12 +34,9 @@ def advice(other: TrainingType) -> str:
     return f"{DATA[other]} trains on the {' or '.join(names)} backend"
 
 
-def first_row(store: ObjectStore, uri: str) -> tuple[int, Any] | None:
-    """(line number, parsed JSON) of the first non-blank line; None when the object cannot be read here.
-
-    Raises:
-        ValueError: that line is not JSON, with the line number.
-    """
+def first_line(store: ObjectStore, uri: str) -> tuple[int, bytes] | None:
+    """(line number, bytes) of the first non-blank line; None when the object cannot be read here
+    or that line is longer than ``MAX_PEEK_BYTES`` (the job reads it whole)."""
     try:
         with store.open(uri) as fh:
             head = fh.read(MAX_PEEK_BYTES)
@@ -51,15 +47,9 @@ def first_row(store: ObjectStore, uri: str) -> tuple[int, Any] | None:
     truncated = len(head) == MAX_PEEK_BYTES  # the last piece may be part of a longer line
     for line_no, raw in enumerate(lines, start=1):
         if truncated and line_no == len(lines):
-            return None  # a first row over MAX_PEEK_BYTES: the job reads it whole
-        if not raw.strip():
-            continue
-        try:
-            return line_no, json.loads(raw.decode("utf-8").lstrip("\ufeff"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"line {line_no} is not valid JSON") from e
-        except RecursionError as e:
-            raise ValueError(f"line {line_no} is nested too deeply to read") from e
+            return None
+        if raw.strip():
+            return line_no, raw
     return None
 
 
@@ -68,24 +58,23 @@ def dataset_problems(store: ObjectStore, request: TrainingRequest, training_type
     problems = []
     for i, ds in enumerate(request.datasets):
         name = ds.source.rstrip("/").rsplit("/", 1)[-1]
-        try:
-            found = first_row(store, ds.source)
-        except ValueError as e:
-            problems.append(f"datasets[{i}] ({name}): {e}")
-            continue
+        found = first_line(store, ds.source)
         if found is None:
             continue
-        line, row = found
+        line, raw = found
         where = f"datasets[{i}] ({name} line {line})"
-        if not isinstance(row, dict):
-            problems.append(f"{where}: expected a JSON object, got {type(row).__name__}")
+        try:
+            text = decode_line(raw)
+            row = parse_first_line(text.lstrip(BOM) if line == 1 else text)
+        except RowError as e:
+            problems.append(f"{where}: {e.sentence}")
             continue
         try:
-            CHECKS[training_type](row)
+            PARSERS[training_type](row, normalize=False)
         except RowError as e:
             other = OTHER[training_type]
             try:
-                CHECKS[other](row)
+                PARSERS[other](row, normalize=False)
             except RowError:
                 field = f"{e.field}: " if e.field else ""
                 problems.append(f"{where}: {field}{e.message}")

@@ -144,21 +144,28 @@ def job_report(
 
 
 @meta_router.get("/health", response_model=Health, tags=["meta"])
-def health() -> Health:
-    return Health(version=VERSION)
+def health(request: Request) -> Health:
+    """"healthy", or "starting" while the backend's start-up check runs (requests are answered meanwhile)."""
+    backend: BaseTrainerBackend | None = getattr(request.app.state, "backend", None)
+    runner: JobRunner | None = getattr(request.app.state, "runner", None)
+    busy = backend is not None and runner is not None and backend.starting(runner.name)
+    return Health(status="starting" if busy else "healthy", version=VERSION)
 
 
 @router.get("/info", response_model=BackendInfo, tags=["meta"])
 def info(backend: BackendDep, runner: RunnerDep) -> BackendInfo:
-    reason = backend.unavailable_reason(runner.name)
+    """Never waits for a start-up check: while one runs, the answer is "starting"."""
+    starting = backend.starting(runner.name)
+    reason = None if starting else backend.unavailable_reason(runner.name)
     return BackendInfo(
         backend=backend.name,
         methods=[m.value for m in backend.methods],
         training_types=[backend.training_type],
         version=VERSION,
-        available=reason is None,
+        available=not starting and reason is None,
         unavailable_reason=reason,
         runner=runner.name,
+        status="starting" if starting else "ready" if reason is None else "unavailable",
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from common.errors import BackendUnavailable, Unprocessable
+from common.errors import BackendStarting, BackendUnavailable, Unprocessable
 from common.schemas import Method, TrainingRequest
 
 if TYPE_CHECKING:
@@ -47,6 +47,10 @@ class BaseTrainerBackend(ABC):
 
     def stop(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
         """Service shutdown: end whatever ``start`` began."""
+
+    def starting(self, runner: str = "local") -> bool:
+        """Whether a check ``start`` began is still running (answers at once; default: never)."""
+        return False
 
     def unavailable_reason(self, runner: str = "local") -> str | None:
         """Why this backend cannot run where its jobs run, or None. Never imports the modules.
@@ -84,8 +88,14 @@ class BaseTrainerBackend(ABC):
 
         Raises:
         BackendUnavailable: the backend cannot run on this deployment.
+        BackendStarting: its start-up check still runs (the caller may retry soon).
         Unprocessable: the request breaks a backend constraint (all problems listed).
         """
+        if self.starting(runner):  # answer now: a caller's deadline is shorter than the check
+            raise BackendStarting(
+                f"the {self.name} backend is still starting (checking that it loads where jobs run); "
+                "try again in a few seconds"
+            )
         reason = self.unavailable_reason(runner)
         if reason:
             raise BackendUnavailable(f"the {self.name} backend is unavailable: {reason}")

@@ -4,11 +4,13 @@ The gateway runs this in the background before a finetune may start, so a user l
 line 48 213 in seconds instead of after a GPU job has loaded its model. It reads the file once,
 in blocks, with flat memory (one block, one line and one tokenizer batch at a time), and checks:
 
-* every line is a JSON object (blank lines are skipped, as the training program skips them);
-* the row format fits the training type, with the training program's own rules
-  (``common/train/data.py``): SFT rows are chat ``messages`` (roles system/user/assistant,
+* every line is a JSON object (blank lines are skipped, as the training program skips them); a
+  file that is a JSON array or pretty-printed JSON gets one error saying so, not one per line;
+* the row format fits the training type, with the rules the training job applies too
+  (``common/rows.py``): SFT rows are chat ``messages`` (roles system/user/assistant,
   string contents, ending with an assistant turn), ``prompt``/``completion`` (strings or message
-  lists) or ``text``; DPO rows have ``prompt``/``chosen``/``rejected``; one format per file;
+  lists), ``text`` or Alpaca's ``instruction``/``input``/``output`` (read as ``messages``); DPO rows
+  have ``prompt``/``chosen``/``rejected``; one format per file;
 * limits: at least one row, at most ``max_rows``, no line over ``max_line_bytes``, and, when the
   base model's tokenizer can be loaded, no row over ``max_sequence_length`` tokens.
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from common.rows import BOM, JSONL_ONLY, NESTED_TOO_DEEPLY, PARSERS, RowError, decode_line, not_jsonl, parse_line
 from common.schemas import TokenStats, TrainingType, ValidationIssue, ValidationReport
 
 if TYPE_CHECKING:
@@ -38,7 +41,6 @@ if TYPE_CHECKING:
 
     from common.storage import ObjectStore
 
-ROLES = frozenset({"system", "user", "assistant"})
 BLOCK_SIZE = 1024 * 1024
 TOKEN_BATCH = 256
 TEMPLATE_TOKENS_PER_MESSAGE = 4  # role header + end-of-turn + newline in a Llama-3-like template
@@ -47,7 +49,6 @@ TEMPLATE_TOKENS_PER_ROW = 1  # bos
 # characters per token, so the cut text alone already breaks the limit, and memory stays flat
 # however long a line is (within max_line_bytes).
 MAX_CHARS_PER_TOKEN = 16
-NESTED_TOO_DEEPLY = "JSON nested too deeply to read"
 
 
 @dataclass(frozen=True)
@@ -63,91 +64,37 @@ class Stopped(Exception):
     """Raised by a progress callback to abandon a validation (shutdown, or the finetune was reset)."""
 
 
-class RowError(Exception):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field, self.message = field, message
-
-
-# --------------------------------------------------------------------------- row checks
-# Each returns (format, sequences, extra template tokens) or raises RowError. A sequence is a tuple
-# of parts (strings or checked message lists) whose text is only assembled when tokens are counted;
-# DPO rows have two (prompt+chosen, prompt+rejected) and count as the longer.
+# --------------------------------------------------------------------------- token sequences
+# A row's text for token counting is one or more sequences, each a tuple of parts (strings or checked
+# message lists) whose text is only assembled when tokens are counted; DPO rows have two
+# (prompt+chosen, prompt+rejected) and count as the longer. The row grammar is ``common.rows``.
 
 Part = str | list[dict[str, Any]]
 Sequences = tuple[tuple[Part, ...], ...]
-
-
-def _messages(value: Any, field: str, *, last_assistant: bool) -> list[dict[str, Any]]:
-    if type(value) is not list or not value:
-        raise RowError(field, f"'{field}' must be a non-empty list of messages")
-    for msg in value:  # fast path; the exact problem is found below only for a bad row
-        if type(msg) is not dict or msg.get("role") not in ROLES or type(msg.get("content")) is not str:
-            _message_error(value, field)
-    if last_assistant and value[-1]["role"] != "assistant":
-        raise RowError(f"{field}[{len(value) - 1}].role", f"'{field}' must end with an assistant message")
-    return value
-
-
-def _message_error(value: list[Any], field: str) -> None:
-    for i, msg in enumerate(value):
-        if type(msg) is not dict:
-            raise RowError(f"{field}[{i}]", "must be an object with 'role' and 'content'")
-        role = msg.get("role")
-        if role not in ROLES:
-            raise RowError(f"{field}[{i}].role", f"must be one of assistant, system, user; got {role!r}")
-        if type(msg.get("content")) is not str:
-            raise RowError(f"{field}[{i}].content", "must be a string")
-
-
-def _string(value: Any, field: str) -> str:
-    if type(value) is not str or not value.strip():
-        raise RowError(field, f"'{field}' must be a non-empty string")
-    return value
 
 
 def _extra(*message_lists: list[Any]) -> int:
     return sum(len(m) for m in message_lists) * TEMPLATE_TOKENS_PER_MESSAGE
 
 
-def check_sft_row(row: dict[str, Any]) -> tuple[str, Sequences, int]:
-    if "messages" in row:
-        msgs = _messages(row["messages"], "messages", last_assistant=True)
-        return "messages", ((msgs,),), len(msgs) * TEMPLATE_TOKENS_PER_MESSAGE
-    if "prompt" in row and "completion" in row:
-        prompt, completion = row["prompt"], row["completion"]
-        if type(prompt) is list or type(completion) is list:
-            p = _messages(prompt, "prompt", last_assistant=False)
-            c = _messages(completion, "completion", last_assistant=True)
-            return "conversational_prompt_completion", ((p, c),), _extra(p, c)
-        return "prompt_completion", ((_string(prompt, "prompt"), _string(completion, "completion")),), 0
-    if "text" in row:
-        return "text", ((_string(row["text"], "text"),),), 0
-    keys = ", ".join(sorted(row)) or "none"
-    raise RowError("", f"unknown row format (keys: {keys}); expected 'messages', 'prompt' + 'completion', or 'text'")
+def _sft_sequences(fields: dict[str, Any]) -> tuple[Sequences, int]:
+    parts = tuple(fields.values())
+    return (parts,), _extra(*(p for p in parts if type(p) is list))
 
 
-def check_dpo_row(row: dict[str, Any]) -> tuple[str, Sequences, int]:
-    missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
-    if missing:
-        raise RowError(missing[0], f"preference rows need 'prompt', 'chosen' and 'rejected'; missing {', '.join(missing)}")
-    prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-    if type(prompt) is list or type(chosen) is list or type(rejected) is list:
-        p = _messages(prompt, "prompt", last_assistant=False)
-        c = _messages(chosen, "chosen", last_assistant=True)
-        r = _messages(rejected, "rejected", last_assistant=True)
-        return "conversational_preference", ((p, c), (p, r)), _extra(p) + _extra(c if len(c) > len(r) else r)
-    ps = _string(prompt, "prompt")
-    return "preference", ((ps, _string(chosen, "chosen")), (ps, _string(rejected, "rejected"))), 0
+def _dpo_sequences(fields: dict[str, Any]) -> tuple[Sequences, int]:
+    p, c, r = fields["prompt"], fields["chosen"], fields["rejected"]
+    extra = _extra(p) + _extra(c if len(c) > len(r) else r) if type(p) is list else 0
+    return ((p, c), (p, r)), extra
 
 
 def _text(seq: tuple[Part, ...]) -> str:
     return "\n".join(part if isinstance(part, str) else "\n".join([m["content"] for m in part]) for part in seq)
 
 
-CHECKS: dict[TrainingType, Callable[[dict[str, Any]], tuple[str, Sequences, int]]] = {
-    TrainingType.sft: check_sft_row,
-    TrainingType.dpo: check_dpo_row,
+SEQUENCES: dict[TrainingType, Callable[[dict[str, Any]], tuple[Sequences, int]]] = {
+    TrainingType.sft: _sft_sequences,
+    TrainingType.dpo: _dpo_sequences,
 }
 
 
@@ -303,9 +250,9 @@ def _decode_lines(block: bytes, first_line: int, errors: _Errors) -> list[str]:
         out = []
         for i, raw in enumerate(block.split(b"\n")[: block.count(b"\n") or 1]):
             try:
-                out.append(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                errors.add(first_line + i, "", f"not valid UTF-8 (byte {e.start + 1} of the line)")
+                out.append(decode_line(raw))
+            except RowError as e:
+                errors.add(first_line + i, e.field, e.message)
                 out.append("")
         return out
     lines = text.split("\n")
@@ -330,14 +277,12 @@ def validate_stream(
         Stopped: ``on_progress`` asked to stop; no report is produced.
     """
     started = time.perf_counter()
-    check = CHECKS[training_type]
+    parse, sequences = PARSERS[training_type], SEQUENCES[training_type]
     errors = _Errors(limits.max_errors)
     tokens = (
         _TokenCounter(tokenizer, limits.max_sequence_length, errors, limits.token_sample_rows)
         if tokenizer is not None else None
     )
-    decoder = json.JSONDecoder()
-    decode, scan = decoder.decode, decoder.scan_once  # type: ignore[attr-defined]  # set in JSONDecoder.__init__
     max_line = limits.max_line_bytes
     fmt: str | None = None
     fmt_line = 0
@@ -355,37 +300,28 @@ def validate_stream(
             line = first - 1
             for text in lines:
                 line += 1
+                if line == 1:
+                    text = text.lstrip(BOM)
                 if not text or text.isspace():
                     continue
                 if len(text) > max_line:
                     errors.add(line, "", f"line is longer than {max_line} bytes")
                     continue
-                try:  # the C scanner directly; json.loads adds two regex passes per line
-                    row, end = scan(text, 0)
-                    if end != len(text):
-                        raise ValueError
-                except (StopIteration, ValueError):
-                    try:  # surrounding whitespace is fine; anything else gets the decoder's own message
-                        row = decode(text)
-                    except json.JSONDecodeError as e:
-                        errors.add(line, "", f"invalid JSON: {e.msg} at column {e.colno}")
-                        continue
-                    except RecursionError:
-                        errors.add(line, "", NESTED_TOO_DEEPLY)
-                        continue
-                except RecursionError:
-                    errors.add(line, "", NESTED_TOO_DEEPLY)
-                    continue
-                if type(row) is not dict:
-                    errors.add(line, "", f"expected a JSON object, got {type(row).__name__}")
+                try:
+                    row = parse_line(text)
+                except RowError as e:
+                    if rows == 0 and errors.total == 0 and not_jsonl(text):  # the first line: one error, not one a line
+                        errors.add(line, "", JSONL_ONLY)
+                        raise _StopReading from e
+                    errors.add(line, e.field, e.message)
                     continue
                 rows += 1
                 if rows > limits.max_rows:
                     errors.add(line, "", f"more than max_rows={limits.max_rows} rows; the rest was not read")
                     rows -= 1
-                    raise _TooMany
+                    raise _StopReading
                 try:
-                    row_fmt, seqs, extra = check(row)
+                    row_fmt, fields = parse(row, normalize=False)
                 except RowError as e:
                     errors.add(line, e.field, e.message)
                     continue
@@ -401,8 +337,8 @@ def validate_stream(
                     )
                     continue
                 if tokens is not None:
-                    tokens.add(line, seqs, extra)
-    except _TooMany:
+                    tokens.add(line, *sequences(fields))
+    except _StopReading:
         pass
     finally:
         if tokens is not None:
@@ -425,7 +361,7 @@ def validate_stream(
     )
 
 
-class _TooMany(Exception):
+class _StopReading(Exception):
     pass
 
 

@@ -120,9 +120,9 @@ def follow(c: httpx.Client, finetune_id: str, timeout: float = 1800) -> dict[str
 
 def finetune(c: httpx.Client, task: Task) -> dict[str, Any]:
     """Datasets, validation, training through the gateway; returns the completed finetune."""
-    services = {s["name"]: s["reachable"] for s in data(c.get("/v1/services"))}
-    print("trainer services: " + ", ".join(f"{n} {'up' if ok else 'down'}" for n, ok in services.items()))
-    if not services.get("huggingface"):
+    services = {s["name"]: s for s in data(c.get("/v1/services"))}
+    print("trainer services: " + ", ".join(f"{n} {s.get('status', 'unknown')}" for n, s in services.items()))
+    if not services.get("huggingface", {}).get("reachable"):
         raise SystemExit("the huggingface trainer service is not reachable; see var/logs/huggingface.log")
 
     step("1. datasets: create, PUT to the signed URL, attach")

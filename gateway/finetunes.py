@@ -34,6 +34,7 @@ from common.schemas import (
     FinetuneStart,
     FinetuneStatus,
     FinetuneUpdate,
+    FinetuneValidation,
     LogsPublic,
     Resources,
     TrainingRequest,
@@ -223,6 +224,33 @@ def start_validation(gw: Gateway, who: Principal, finetune_id: str) -> FinetuneP
 # --------------------------------------------------------------------------- start / cancel
 
 
+def _start_hint(status: FS, finetune_id: str, validation: dict[str, Any] | None) -> str:
+    """What to do before a finetune in ``status`` can start (for a failed validation, its first error)."""
+    if status.has_job or status.terminal:
+        return "it was already started"
+    if status == FS.validation_in_progress:
+        return (f"wait for validation to finish (status {status.value} now; start once "
+                f"GET /v1/finetune/{finetune_id} shows {FS.validation_successful.value})")
+    if status == FS.validation_failed:
+        return f"its validation failed{_first_error(validation)}; fix the data, upload it again and validate again"
+    return f"run POST /v1/finetune/{finetune_id}/validation/start and wait for {FS.validation_successful.value}"
+
+
+def _first_error(validation: dict[str, Any] | None) -> str:
+    """': <role> line N: <message>' for the first error the last validation listed, or ''."""
+    report = FinetuneValidation.model_validate(validation) if validation else None
+    if report is None:
+        return ""
+    if report.error:
+        return f": {report.error}"
+    for role, found in (("training", report.training), ("validation", report.validation)):
+        if found is not None and found.errors:
+            first = found.errors[0]
+            where = f" line {first.line}" if first.line else ""
+            return f": {role} dataset{where}: {first.message}"
+    return ""
+
+
 def start(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneStart) -> FinetunePublic:
     """Submit the training job; only a job the service accepted makes the finetune ``pending``.
 
@@ -239,10 +267,7 @@ def start(gw: Gateway, who: Principal, finetune_id: str, body: FinetuneStart) ->
         row = db.get_finetune(conn, finetune_id, who.workspace_id)
         status = FS(row["status"])
         if status != FS.validation_successful:
-            hint = (
-                "run POST /v1/finetune/{id}/validation/start and wait for pk_dataset_validation_successfull"
-                if not (status.has_job or status.terminal) else "it was already started"
-            )
+            hint = _start_hint(status, finetune_id, row["validation"])
             raise Conflict(f"finetune '{finetune_id}' cannot start from status '{status.value}': {hint}")
         # the files validated are the files trained on: a new upload would have reset the status
         train = datasets.dataset_for_finetune(gw, conn, row["training_dataset_id"], who.workspace_id, "training",

@@ -88,11 +88,22 @@ def secret_env() -> dict[str, str]:
     return env
 
 
-def healthy(component: str) -> bool:
+def health(component: str) -> str | None:
+    """The component's /health status ("healthy", or "starting" while it checks its backend), None if it does not answer."""
     try:
-        return httpx.get(f"{url(component)}/health", timeout=1.0).status_code == 200
+        r = httpx.get(f"{url(component)}/health", timeout=1.0)
     except httpx.HTTPError:
-        return False
+        return None
+    if r.status_code != 200:
+        return None
+    try:
+        return str(r.json().get("status", "healthy"))
+    except (ValueError, AttributeError):
+        return "healthy"
+
+
+def healthy(component: str) -> bool:
+    return health(component) is not None
 
 
 def up() -> list[str]:
@@ -126,9 +137,10 @@ def up() -> list[str]:
         for component in sorted(waiting):
             if _pid(component) is None:
                 raise SystemExit(f"{component} exited while starting; see {LOG_DIR / component}.log")
-            if healthy(component):
+            if (state := health(component)) is not None:
                 waiting.discard(component)
-                print(f"{component}: healthy")
+                note = " (still checking its backend; GET /v1/services shows 'starting' until it is done)"
+                print(f"{component}: {state}{note if state == 'starting' else ''}")
         time.sleep(0.3)
     if waiting:
         raise SystemExit(f"not healthy after {HEALTH_TIMEOUT:.0f}s: {', '.join(sorted(waiting))}; see {LOG_DIR}/")
@@ -154,7 +166,7 @@ def down(components: tuple[str, ...] | list[str] = COMPONENTS) -> None:
 def status() -> None:
     for component in COMPONENTS:
         pid = _pid(component)
-        state = "healthy" if healthy(component) else "not answering"
+        state = health(component) or "not answering"
         print(f"{component:<12} {url(component):<24} {'pid ' + str(pid) if pid else 'not started by make up':<24} {state}")
 
 

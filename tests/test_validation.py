@@ -1,5 +1,5 @@
-"""common/validation.py: formats, errors by line and field, caps, limits, token counts, flat memory,
-and agreement with the training program's own row rules."""
+"""common/validation.py: formats, errors by line and field, caps, limits, token counts, flat memory
+(agreement with the training program's loader: tests/test_rows.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.schemas import TrainingType
-from common.train.data import DatasetError, _dpo_row, _sft_row
-from common.validation import Limits, Stopped, check_dpo_row, check_sft_row, load_tokenizer, validate_stream
+from common.validation import Limits, Stopped, load_tokenizer, validate_stream
 
 REPO = Path(__file__).resolve().parents[1]
 SFT, DPO = TrainingType.sft, TrainingType.dpo
@@ -174,28 +173,3 @@ def test_a_progress_callback_can_stop_a_validation() -> None:
 
     with pytest.raises(Stopped):
         validate_stream(lines(GOOD_CHAT), SFT, on_progress=stop)
-
-
-ROWS = [
-    GOOD_CHAT, chat(("user", "x")), chat(("bot", "x"), ("assistant", "y")), {"messages": "x"}, {"messages": []},
-    {"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "y"}]},
-    {"prompt": "p", "completion": "c"}, {"prompt": "", "completion": "c"}, {"prompt": "p"},
-    {"prompt": [{"role": "user", "content": "p"}], "completion": "c"},
-    {"prompt": [{"role": "user", "content": "p"}], "completion": [{"role": "assistant", "content": "c"}]},
-    {"text": "t"}, {"text": 3}, {"other": 1}, {"prompt": "p", "chosen": "c", "rejected": "r"},
-    {"prompt": "p", "chosen": [{"role": "assistant", "content": "c"}], "rejected": [{"role": "user", "content": "r"}]},
-]
-
-
-@pytest.mark.parametrize("row", ROWS, ids=[json.dumps(r)[:40] for r in ROWS])
-def test_validation_agrees_with_the_training_programs_row_rules(row: dict) -> None:
-    for ours, theirs in ((check_sft_row, _sft_row), (check_dpo_row, _dpo_row)):
-        try:
-            fmt = theirs(row, "f line 1")[0]
-        except DatasetError:
-            fmt = None
-        try:
-            mine = ours(row)[0]
-        except Exception:
-            mine = None
-        assert mine == fmt, (ours.__name__, row)

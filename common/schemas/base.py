@@ -53,7 +53,10 @@ class Strict(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["healthy"] = "healthy"
+    status: Literal["healthy", "starting"] = Field(
+        "healthy", description="'starting' while a trainer service still checks that its backend loads; "
+        "it answers requests meanwhile (POST /train waits for the check)."
+    )
     version: str
 
 

@@ -144,4 +144,8 @@ class BackendInfo(BaseModel):
     available: bool
     unavailable_reason: str | None = None
     runner: str
+    status: Literal["ready", "starting", "unavailable"] = Field(
+        "ready", description="'starting' while the backend's start-up check runs (then available is false "
+        "and unavailable_reason null until it is done)."
+    )
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from common import exitcodes, jobsecrets
+from common import exitcodes, jobsecrets, noise
 from common.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    # tqdm bars are \r-garbage in a job log; the progress lines from reporting.py replace them.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # tqdm bars are \r-garbage in a job log (the progress lines from reporting.py replace them), and a
+    # few library notes read like failures but ask nothing of the user: both stay out of the log.
+    noise.silence()
     limit_threads_to_cpu_quota()
 
     # The secrets file is read and removed before anything else runs: no environment, child process

@@ -22,16 +22,15 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.schemas import Method, Precision, TrainingRequest
-from common.train.data import DatasetError
-from common.train.models import resolve_precision
+from common.schemas import Method, TrainingRequest
+from common.train import recipe
+from common.train.data import DatasetError, load_preference_datasets
 from common.train.reporting import ProgressReporter, progress_callback
-from common.train.sft import batch_sizes, checkpointing_args, final_eval_log, train_timing
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from peft import PeftConfig
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
     from trl import DPOConfig, DPOTrainer
 
 CHAT_FORMATS = frozenset({"conversational_preference"})
@@ -46,47 +45,18 @@ REWARD_METRICS = {
 
 
 def to_dpo_config(request: TrainingRequest, output_dir: Path, *, has_eval: bool = True) -> DPOConfig:
-    """The one mapping from ``tuning_parameters`` onto TRL's ``DPOConfig``.
-
-    TRL's DPO defaults differ from ``TrainingArguments`` (bf16 on, gradient checkpointing on,
-    lr 1e-6): every one of them is set here from the request, so a job does what it asked for.
-    """
-    import torch
+    """The one mapping from ``tuning_parameters`` onto TRL's ``DPOConfig``: the shared arguments
+    plus DPO's own (``beta``, ``loss_type``, ``max_length``)."""
     from trl import DPOConfig
 
     tp = request.tuning_parameters
-    per_device, accumulation = batch_sizes(request)
-    precision = resolve_precision(request.customization.precision)
-    eval_strategy = "no" if not has_eval else "steps" if tp.eval_steps else "epoch"
     return DPOConfig(
-        output_dir=str(output_dir),
+        **recipe.training_args(request, output_dir, has_eval=has_eval),
         beta=tp.beta,
         loss_type=[tp.loss_type],
         # With max_prompt_length the collator truncates (see the module docstring); TRL would otherwise
         # drop every row whose untruncated prompt alone fills max_length before we got to shorten it.
         max_length=None if tp.max_prompt_length else tp.max_sequence_length,
-        learning_rate=tp.learning_rate,
-        num_train_epochs=tp.num_epochs,
-        max_steps=tp.max_steps or -1,
-        per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=per_device,
-        gradient_accumulation_steps=accumulation,
-        warmup_steps=tp.warmup_ratio,  # transformers 5: a float in [0, 1) is the ratio
-        lr_scheduler_type=tp.lr_scheduler_type,
-        weight_decay=tp.weight_decay,
-        **checkpointing_args(tp.gradient_checkpointing),
-        logging_steps=tp.logging_steps,
-        eval_strategy=eval_strategy,
-        eval_steps=tp.eval_steps,
-        save_strategy="steps" if tp.save_steps else "no",
-        save_steps=tp.save_steps or 500,
-        bf16=precision == Precision.bf16,
-        fp16=precision == Precision.fp16,
-        use_cpu=not torch.cuda.is_available(),
-        report_to=[],
-        seed=tp.seed,
-        include_num_input_tokens_seen="no",  # TRL counts tokens itself (num_tokens)
-        disable_tqdm=True,
     )
 
 
@@ -160,7 +130,7 @@ def build_trainer(
     return trainer
 
 
-def evaluate(trainer: DPOTrainer) -> dict[str, float]:
+def evaluate(trainer: Trainer) -> dict[str, float]:
     """Loss and reward statistics on the held-out split, under our names."""
     return _ours(trainer.evaluate())
 
@@ -172,34 +142,18 @@ def _ours(raw: dict[str, Any]) -> dict[str, float]:
 
 def train_and_evaluate(trainer: DPOTrainer, reporter: ProgressReporter) -> dict[str, Any]:
     """Evaluate, train, evaluate: reward margin and accuracy at start and end."""
-    has_eval = trainer.eval_dataset is not None
-    before = evaluate(trainer) if has_eval else {}
-    if before:
+
+    def log_before(before: dict[str, float]) -> None:
         reporter.log(
             f"before training: reward margin {before.get('reward_margin', 0.0):.4f}, "
             f"reward accuracy {before.get('reward_accuracy', 0.0):.3f} on the held-out split"
         )
-    history_start = len(trainer.state.log_history)
-    result = trainer.train()
-    state = trainer.state
-    after: dict[str, float] = {}
-    if has_eval and not reporter.cancel_requested.is_set():
-        last = final_eval_log(state)
-        after = _ours(last) if last else evaluate(trainer)
-    runtime, train_seconds = train_timing(result, state, history_start)
-    tokens = getattr(trainer, "_total_train_tokens", None) or None
-    metrics: dict[str, Any] = {
-        "train_loss": float(result.training_loss),
-        "tokens_seen": int(tokens) if tokens else None,
-        "runtime_seconds": round(runtime, 3),
-        "tokens_per_second": round(tokens / train_seconds, 1) if tokens and train_seconds else None,
-        "steps": state.global_step,
-        "train_rows": len(trainer.train_dataset),
-        "eval_rows": len(trainer.eval_dataset) if has_eval else 0,
-    }
+
+    measured = recipe.train_with_evaluations(trainer, reporter, evaluate, _ours, on_before=log_before)
+    metrics = dict(measured.metrics)
     for name in REWARD_METRICS.values():
-        metrics[f"{name}_before"] = before.get(name)
-        metrics[name] = after.get(name)
+        metrics[f"{name}_before"] = measured.before.get(name)
+        metrics[name] = measured.after.get(name)
     return metrics
 
 
@@ -221,3 +175,16 @@ def run_dpo(
         dataset_format=dataset_format, peft_config=peft_config,
     )
     return trainer, train_and_evaluate(trainer, reporter)
+
+
+OBJECTIVE = recipe.Objective(
+    load_data=load_preference_datasets,
+    unit="pairs",
+    run=run_dpo,
+    no_eval_note="no held-out split (validation_split=0 and no validation dataset): no reward metrics",
+    report=lambda request: {
+        "beta": request.tuning_parameters.beta,
+        "loss_type": request.tuning_parameters.loss_type,
+        "max_prompt_length": request.tuning_parameters.max_prompt_length,
+    },
+)

@@ -116,6 +116,11 @@ class ProbeRun:
         except OSError as e:
             self._finish(f"cannot run {python}: {e.strerror}")
 
+    def running(self) -> bool:
+        """Whether the probe has not finished yet (never waits)."""
+        with self._lock:
+            return not self._done and self._proc is not None and self._proc.poll() is None
+
     def result(self) -> str | None:
         """None when the probe passed, else why not (waits for it, at most ``timeout`` from now)."""
         with self._lock:

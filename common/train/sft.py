@@ -1,38 +1,29 @@
-"""The supervised fine-tuning recipe shared by the HuggingFace and Unsloth backends.
+"""Supervised fine-tuning, the objective of the HuggingFace and Unsloth backends.
 
-A backend loads the model its own way; from there the recipe is the same:
-one ``to_sft_config()`` maps the request onto TRL's ``SFTConfig``, the eval loss
-is measured before and after training so every job reports what it learned, and
-nothing runs per step beyond what TRL itself does (throughput is benchmarked
-against a plain TRL script).
+The job's steps are ``common.train.recipe``'s; this module adds what SFT does its own way:
+``to_sft_config()`` maps the request onto TRL's ``SFTConfig`` (the shared arguments plus
+``max_length`` and the assistant-only loss), the eval loss is measured before and after
+training so every job reports what it learned, and nothing runs per step beyond what TRL
+itself does (throughput is benchmarked against a plain TRL script).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.schemas import Precision, TrainingRequest
-from common.train.data import DatasetError
-from common.train.models import resolve_precision
+from common.schemas import TrainingRequest
+from common.train import recipe
+from common.train.data import DatasetError, load_sft_datasets
 from common.train.reporting import ProgressReporter, progress_callback
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from peft import PeftConfig
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
     from trl import SFTConfig, SFTTrainer
 
-MAX_PER_DEVICE_BATCH = 8
 CHAT_FORMATS = frozenset({"messages", "conversational_prompt_completion"})
-
-
-def batch_sizes(request: TrainingRequest) -> tuple[int, int]:
-    """(per-device micro-batch, gradient accumulation) that reach ``batch_size`` per optimizer step."""
-    tp = request.tuning_parameters
-    per_device = tp.per_device_batch_size or min(tp.batch_size, MAX_PER_DEVICE_BATCH)
-    return per_device, max(1, math.ceil(tp.batch_size / per_device))
 
 
 def wants_assistant_only_loss(
@@ -54,20 +45,6 @@ def wants_assistant_only_loss(
         return False
 
 
-def checkpointing_args(enabled: bool) -> dict[str, Any]:
-    """Gradient checkpointing under the name this transformers takes: ``activation_checkpointing``
-    since 5.2x (``gradient_checkpointing`` is a deprecated alias that warns there); unsloth's pinned
-    5.17 (the Unsloth environment and the training image) knows only ``gradient_checkpointing``."""
-    from dataclasses import fields
-
-    from transformers import TrainingArguments
-
-    name = "activation_checkpointing"
-    if name not in {f.name for f in fields(TrainingArguments)}:
-        name = "gradient_checkpointing"
-    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
-
-
 def to_sft_config(
     request: TrainingRequest,
     output_dir: Path,
@@ -77,41 +54,12 @@ def to_sft_config(
     has_eval: bool = True,
 ) -> SFTConfig:
     """The one mapping from ``tuning_parameters`` onto TRL's ``SFTConfig``."""
-    import torch
     from trl import SFTConfig
 
-    tp = request.tuning_parameters
-    per_device, accumulation = batch_sizes(request)
-    precision = resolve_precision(request.customization.precision)
-    eval_strategy = "no" if not has_eval else "steps" if tp.eval_steps else "epoch"
     return SFTConfig(
-        output_dir=str(output_dir),
-        learning_rate=tp.learning_rate,
-        num_train_epochs=tp.num_epochs,
-        max_steps=tp.max_steps or -1,
-        per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=per_device,
-        gradient_accumulation_steps=accumulation,
-        warmup_steps=tp.warmup_ratio,  # transformers 5: a float in [0, 1) is the ratio (no warmup_ratio)
-        lr_scheduler_type=tp.lr_scheduler_type,
-        weight_decay=tp.weight_decay,
-        **checkpointing_args(tp.gradient_checkpointing),
-        max_length=tp.max_sequence_length,
-        logging_steps=tp.logging_steps,
-        eval_strategy=eval_strategy,
-        eval_steps=tp.eval_steps,
-        save_strategy="steps" if tp.save_steps else "no",
-        save_steps=tp.save_steps or 500,
+        **recipe.training_args(request, output_dir, has_eval=has_eval),
+        max_length=request.tuning_parameters.max_sequence_length,
         assistant_only_loss=wants_assistant_only_loss(request, dataset_format, tokenizer),
-        bf16=precision == Precision.bf16,
-        fp16=precision == Precision.fp16,
-        use_cpu=not torch.cuda.is_available(),
-        report_to=[],
-        seed=tp.seed,
-        # TRL already counts tokens per step (``num_tokens``); a second count would be extra work.
-        include_num_input_tokens_seen="no",
-        # Our callback prints one line per log step; tqdm bars would only clutter the job log.
-        disable_tqdm=True,
     )
 
 
@@ -173,55 +121,17 @@ def _check_not_emptied(trainer: SFTTrainer, train_rows: int, eval_rows: int, max
 
 def train_and_evaluate(trainer: SFTTrainer, reporter: ProgressReporter) -> dict[str, Any]:
     """Eval before, train, eval after; the metrics every SFT job reports."""
-    eval_before = _eval_loss(trainer) if trainer.eval_dataset is not None else None
-    history_start = len(trainer.state.log_history)
-    result = trainer.train()
-    state = trainer.state
-    eval_after = None
-    if trainer.eval_dataset is not None and not reporter.cancel_requested.is_set():
-        last = final_eval_log(state)
-        eval_after = last["eval_loss"] if last else _eval_loss(trainer)
-    runtime, train_seconds = train_timing(result, state, history_start)
-    tokens = _tokens_seen(trainer)
+    measured = recipe.train_with_evaluations(trainer, reporter, _eval_loss, lambda log: {"eval_loss": log["eval_loss"]})
     return {
-        "train_loss": float(result.training_loss),
-        "eval_loss_before": eval_before,
-        "eval_loss": eval_after,
-        "tokens_seen": tokens,
-        "runtime_seconds": round(runtime, 3),
-        "tokens_per_second": round(tokens / train_seconds, 1) if tokens and train_seconds else None,
-        "steps": state.global_step,
-        "train_rows": len(trainer.train_dataset),
-        "eval_rows": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        **measured.metrics,
+        "eval_loss_before": measured.before.get("eval_loss"),
+        "eval_loss": measured.after.get("eval_loss"),
     }
 
 
-def final_eval_log(state: Any) -> dict[str, Any] | None:
-    """The evaluation logged at the final step (epoch-end or eval_steps), if any: no need to pay twice."""
-    return next(
-        (h for h in reversed(state.log_history) if "eval_loss" in h and h.get("step") == state.global_step), None
-    )
-
-
-def train_timing(result: Any, state: Any, history_start: int) -> tuple[float, float]:
-    """(train_runtime, seconds spent training): evaluations inside train() are not training,
-    so throughput leaves them out."""
-    runtime = float(result.metrics.get("train_runtime") or 0.0)
-    eval_seconds = sum(h.get("eval_runtime", 0.0) for h in state.log_history[history_start:])
-    return runtime, max(runtime - eval_seconds, 0.0)
-
-
-def _eval_loss(trainer: SFTTrainer) -> float | None:
+def _eval_loss(trainer: Trainer) -> dict[str, float]:
     loss = trainer.evaluate().get("eval_loss")
-    return float(loss) if loss is not None else None
-
-
-def _tokens_seen(trainer: SFTTrainer) -> int | None:
-    """Non-padding tokens trained on, from TRL's own per-step count."""
-    count = getattr(trainer, "_total_train_tokens", None)
-    if count is None:
-        count = next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)
-    return int(count) if count else (trainer.state.num_input_tokens_seen or None)
+    return {"eval_loss": float(loss)} if loss is not None else {}
 
 
 def run_sft(
@@ -244,7 +154,4 @@ def run_sft(
     return trainer, train_and_evaluate(trainer, reporter)
 
 
-def save(trainer: SFTTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: Path) -> None:
-    """The adapter (PEFT) or the full model, plus the tokenizer, so ``output_dir`` loads on its own."""
-    trainer.save_model(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
+OBJECTIVE = recipe.Objective(load_data=load_sft_datasets, unit="rows", run=run_sft)

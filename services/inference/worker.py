@@ -23,6 +23,7 @@ from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
 from typing import Any
 
+from common import noise
 from common.errors import TrainyardError
 from services.inference.engine import ENGINES, Engine, ExportJob, GenerationRequest
 
@@ -67,6 +68,7 @@ def main(conn: Connection, engine_name: str) -> None:
     # Read once, when torch loads (below, in make_engine); an operator's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    noise.silence()  # before torch/bitsandbytes load: their harmless CPU-fallback notes stay out of the log
     engine = make_engine(engine_name)
     jobs = FairQueue()
     cancelled: set[str] = set()

@@ -9,8 +9,9 @@ the job interpreter when the service starts (``common.train.probes``), and ``GET
 
 The recipe follows Unsloth's documentation: ``FastLanguageModel.from_pretrained`` (4-bit for
 QLoRA), ``FastLanguageModel.get_peft_model`` (rank, alpha, target modules, dropout, gradient
-checkpointing "unsloth"), then TRL's ``SFTTrainer`` (the shared recipe in ``common.train.sft``,
-which Unsloth patches on import) and the adapter saved like the HuggingFace backend's.
+checkpointing "unsloth"): the model loader it gives the shared recipe (``common.train.recipe``),
+which trains with TRL's ``SFTTrainer`` (``common.train.sft``, patched by Unsloth on import) and
+saves the adapter like the HuggingFace backend's.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class UnslothBackend(BaseTrainerBackend):
         if self._probe is not None:
             self._probe.stop()
 
+    def starting(self, runner: str = "local") -> bool:
+        """True while the start-up check is still importing unsloth (about 20 s)."""
+        return runner == "local" and self._probe is not None and self._probe.running()
+
     def unavailable_reason(self, runner: str = "local") -> str | None:
         """Why unsloth cannot load where the jobs run (checked once, by importing it there), or None."""
         if runner != "local":
@@ -105,64 +110,65 @@ class UnslothBackend(BaseTrainerBackend):
     def train(self, ctx: TrainContext) -> dict[str, Any]:
         """Raises: DatasetError, ModelLoadError, Unprocessable (unsupported family or LoRA option)."""
         os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
-        import unsloth
-        from unsloth import FastLanguageModel  # first: unsloth patches transformers, trl and peft on import
+        import unsloth  # first: unsloth patches transformers, trl and peft on import
 
-        from common.errors import Unprocessable
-        from common.train import data, models, sft
+        from common.train import recipe, sft
 
         ctx.reporter.log(f"unsloth {unsloth.__version__} in {sys.prefix}")
-        request = ctx.request
-        cust, tp = request.customization, request.tuning_parameters
-        train_ds, eval_ds, fmt = data.load_sft_datasets(
-            ctx.train_files, ctx.validation_files, validation_split=tp.validation_split, seed=tp.seed
-        )
-        ctx.reporter.log(
-            f"data: {len(train_ds)} train / {len(eval_ds) if eval_ds is not None else 0} validation rows ({fmt})"
-        )
-        precision = models.resolve_precision(cust.precision)
-        source = models.resolve_model(request, ctx.work_dir)
-        path = _local_base(request, source, ctx.work_dir)
-        if path is not None and (problem := family_problem(_read_config(path))):
-            raise Unprocessable([problem])
-        try:
-            model, tokenizer = FastLanguageModel.from_pretrained(
-                model_name=str(path) if path is not None else source.name_or_path,
-                max_seq_length=tp.max_sequence_length,
-                dtype=models.torch_dtype(precision),
-                load_in_4bit=cust.method == Method.qlora,
-                full_finetuning=cust.method == Method.full,
-                token=source.token,
-                revision=source.revision if path is None else None,
-                use_gradient_checkpointing="unsloth" if tp.gradient_checkpointing else False,
-                random_state=tp.seed,
-            )
-        except (OSError, ValueError) as e:
-            raise models.ModelLoadError(f"unsloth cannot load {source.reference}: {_first_line(e)}") from e
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if cust.method != Method.full:
-            extra = {k: v for k, v in cust.peft.config.items() if k not in ("task_type", "force")}
-            model = FastLanguageModel.get_peft_model(
-                model,
-                r=cust.rank,
-                lora_alpha=cust.lora_alpha,
-                lora_dropout=cust.lora_dropout,
-                target_modules=cust.target_modules or models.default_target_modules(model),
-                use_gradient_checkpointing="unsloth" if tp.gradient_checkpointing else False,
-                random_state=tp.seed,
-                max_seq_length=tp.max_sequence_length,
-                **extra,
-            )
-        trainer, metrics = sft.run_sft(
-            model, tokenizer, train_ds, eval_ds, request, ctx.output_dir, ctx.reporter, dataset_format=fmt,
-        )
-        sft.save(trainer, tokenizer, ctx.output_dir)
-        models.save_adapter_reference(ctx.output_dir, source)
-        return {"method": cust.method.value, "dataset_format": fmt, "trainer": "unsloth", **metrics}
+        return recipe.train(ctx, sft.OBJECTIVE, load_model=_load_model, report={"trainer": "unsloth"})
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _load_model(ctx: TrainContext, source: Any) -> tuple[Any, Any, None]:
+    """The base through ``FastLanguageModel`` (4-bit for QLoRA), with Unsloth's LoRA layers already
+    applied, so the trainer gets no ``peft_config``.
+
+    Raises:
+        Unprocessable: a family Unsloth does not support.
+        ModelLoadError: unsloth cannot load the base.
+    """
+    from unsloth import FastLanguageModel
+
+    from common.errors import Unprocessable
+    from common.train import models
+
+    request = ctx.request
+    cust, tp = request.customization, request.tuning_parameters
+    path = _local_base(request, source, ctx.work_dir)
+    if path is not None and (problem := family_problem(_read_config(path))):
+        raise Unprocessable([problem])
+    try:
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=str(path) if path is not None else source.name_or_path,
+            max_seq_length=tp.max_sequence_length,
+            dtype=models.torch_dtype(models.resolve_precision(cust.precision)),
+            load_in_4bit=cust.method == Method.qlora,
+            full_finetuning=cust.method == Method.full,
+            token=source.token,
+            revision=source.revision if path is None else None,
+            use_gradient_checkpointing="unsloth" if tp.gradient_checkpointing else False,
+            random_state=tp.seed,
+        )
+    except (OSError, ValueError) as e:
+        raise models.ModelLoadError(f"unsloth cannot load {source.reference}: {_first_line(e)}") from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if cust.method != Method.full:
+        extra = {k: v for k, v in cust.peft.config.items() if k not in ("task_type", "force")}
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=cust.rank,
+            lora_alpha=cust.lora_alpha,
+            lora_dropout=cust.lora_dropout,
+            target_modules=cust.target_modules or models.default_target_modules(model),
+            use_gradient_checkpointing="unsloth" if tp.gradient_checkpointing else False,
+            random_state=tp.seed,
+            max_seq_length=tp.max_sequence_length,
+            **extra,
+        )
+    return model, tokenizer, None
 
 
 def family_problem(config: dict[str, Any]) -> str | None:

@@ -69,6 +69,9 @@ def test_a_service_that_is_down_gives_503_and_nothing_half_started(
             assert "did not answer" in err(c.post(f"/v1/finetune/{finetune_id}/start"), 503)["detail"]
             assert "already being started" in err(c.post(f"/v1/finetune/{finetune_id}/start"), 409)["detail"]
             assert ok(c.get(f"/v1/finetune/{finetune_id}"))["status"] == "pk_dataset_validation_successfull"
+            # it took the connection: up but not answering, which /v1/services does not call unreachable
+            hung = {s["name"]: s for s in ok(c.get("/v1/services"))}["huggingface"]
+            assert hung["reachable"] is True and hung["status"] == "not_responding", hung
         finally:
             silent.close()
 

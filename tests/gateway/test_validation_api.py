@@ -8,7 +8,17 @@ from pathlib import Path
 import httpx
 
 from tests.gateway.conftest import SHARED_MAX_ERRORS, Tenant
-from tests.gateway.helpers import DPO_TRAIN, SFT_TRAIN, create_finetune, err, ok, upload_dataset, validate
+from tests.gateway.helpers import (
+    DPO_TRAIN,
+    SFT_TRAIN,
+    client,
+    create_finetune,
+    err,
+    ok,
+    upload_dataset,
+    validate,
+)
+from tests.utils.server import Server
 
 GOOD = json.dumps({"messages": [{"role": "user", "content": "reverse: a b"}, {"role": "assistant", "content": "b a"}]})
 BAD_FILE = "\n".join([
@@ -87,3 +97,56 @@ def test_dpo_finetunes_need_preference_rows(tenant: Tenant, tiny_model: Path) ->
         body = err(c.put(f"/v1/finetune/{finetune_id}", json={"training_dataset_id": dpo["id"],
                                                               "validation_dataset_id": sft["id"]}), 422)
         assert "type 'training', not 'validation'" in body["detail"]
+
+
+def test_mistakes_get_messages_that_say_what_to_do(tenant: Tenant, tiny_model: Path) -> None:
+    rows = [json.loads(line) for line in SFT_TRAIN.read_text().splitlines()[:40]]
+    with tenant.client() as c:
+        # a JSON array, pretty-printed: one error that says JSONL, not one per line
+        ds = upload_dataset(c, json.dumps(rows, indent=2).encode(), name="data.json")
+        finetune_id = create_finetune(c, str(tiny_model))
+        ok(c.put(f"/v1/finetune/{finetune_id}", json={"training_dataset_id": ds["id"]}))
+        report = validate(c, finetune_id)["validation"]["training"]
+        assert report["errors_total"] == 1, report
+        assert report["errors"][0]["message"].startswith("the file must be JSONL: one JSON object per line")
+        assert "the file must be JSONL" in err(c.post(f"/v1/finetune/{finetune_id}/start"), 409)["detail"]
+
+        # preference rows in an SFT finetune: validation and start both name the provider to use
+        ds = upload_dataset(c, DPO_TRAIN)
+        finetune_id = create_finetune(c, str(tiny_model))
+        ok(c.put(f"/v1/finetune/{finetune_id}", json={"training_dataset_id": ds["id"]}))
+        report = validate(c, finetune_id)["validation"]["training"]
+        assert "create the finetune with provider 'dpo'" in report["errors"][0]["message"]
+        detail = err(c.post(f"/v1/finetune/{finetune_id}/start"), 409)["detail"]
+        assert "validation failed: training dataset line 1:" in detail and "provider 'dpo'" in detail, detail
+
+        # Alpaca rows are accepted: instruction + input from the user, output from the assistant
+        alpaca = "".join(json.dumps({"instruction": r["messages"][0]["content"], "input": "",
+                                     "output": r["messages"][-1]["content"]}) + "\n" for r in rows)
+        ds = upload_dataset(c, alpaca.encode())
+        finetune_id = create_finetune(c, str(tiny_model))
+        ok(c.put(f"/v1/finetune/{finetune_id}", json={"training_dataset_id": ds["id"]}))
+        ft = validate(c, finetune_id)
+        assert ft["status"] == "pk_dataset_validation_successfull", ft
+        assert ft["validation"]["training"]["format"] == "messages" and ft["validation"]["training"]["rows"] == 40
+
+        # a near-miss field name: the error names the field meant, on the gateway's routes alike
+        body = {"name": "t", "provider": "huggingface", "model": str(tiny_model), "hyperparameters": {"n_epochs": 2}}
+        (issue,) = err(c.post("/v1/finetune", json=body), 422, "validation_error")["detail"]
+        assert issue["loc"] == ["body", "hyperparameters", "n_epochs"]
+        assert issue["msg"] == "unknown field 'n_epochs'; did you mean 'epochs'?" and issue["type"] == "extra_forbidden"
+        (issue,) = err(c.post("/v1/datasets", json={"name": "d", "type": "training", "nmae": "x"}), 422)["detail"]
+        assert issue["msg"].startswith("unknown field 'nmae'; did you mean 'name'?"), issue
+
+
+def test_start_while_validating_says_to_wait(gateway: Server, tiny_model: Path) -> None:
+    row = json.dumps({"messages": [{"role": "user", "content": "reverse: one two three"},
+                                   {"role": "assistant", "content": "three two one"}]}) + "\n"
+    with client(gateway) as c:
+        ds = upload_dataset(c, (row * (16 * 1024 * 1024 // len(row))).encode())  # ~16 MB: validation takes a while
+        finetune_id = create_finetune(c, str(tiny_model))
+        ok(c.put(f"/v1/finetune/{finetune_id}", json={"training_dataset_id": ds["id"]}))
+        assert ok(c.post(f"/v1/finetune/{finetune_id}/validation/start"))["status"] == "pk_dataset_validation_in_progress"
+        detail = err(c.post(f"/v1/finetune/{finetune_id}/start"), 409)["detail"]
+        assert "wait for validation to finish (status pk_dataset_validation_in_progress" in detail, detail
+        assert "pk_dataset_validation_successfull" in detail

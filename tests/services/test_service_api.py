@@ -69,6 +69,9 @@ def test_lora_job_trains_reports_progress_and_saves_adapter(service, tiny_model,
         assert [e["data"]["status"] for e in events if e["type"] == "status" and "status" in e["data"]][-1] == "completed"
         logs = c.get(f"/jobs/{job['id']}/logs", params={"tail": 0}).json()
         assert logs["count"] > 0
+        text = "\n".join(logs["logs"])  # what the user must act on only: no harmless library notes, no bars
+        assert "[progress]" in text and "gemm_4bit_forward" not in text and "is_gradient_checkpointing" not in text
+        assert "\r" not in text and "it/s]" not in text
         everything = json.dumps([job, events, logs, c.get("/jobs").json()])
         assert SECRET not in everything
     assert SECRET not in (tmp_path / "service.log").read_text()

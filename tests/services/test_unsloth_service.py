@@ -16,6 +16,9 @@ import httpx
 import pytest
 
 from services.unsloth.backend import UNSLOTH_VENV
+from tests.gateway.conftest import GATEWAY, gateway_settings
+from tests.gateway.helpers import client as gateway_client
+from tests.gateway.helpers import ok
 from tests.utils.factories import place_samples, training_request
 from tests.utils.server import REPO, Server, wait_for
 
@@ -49,12 +52,13 @@ def service(store: dict) -> Iterator[Server]:
     """The service as `make up` starts it: no TRAINYARD_PYTHON_EXECUTABLE, so jobs use .venv-unsloth."""
     env = {k: v for k, v in store["env"].items()}
     with Server(APP, env, log_path=store["tmp"] / "unsloth.log") as srv:
+        with client(srv) as c:
+            wait_for(c, "/info", lambda i: i["status"] != "starting", timeout=240)
         yield srv
 
 
 def client(srv: Server) -> httpx.Client:
-    # The first /info or /train waits for the start-up probe (`import unsloth` in the job environment).
-    return srv.client(timeout=240)
+    return srv.client(timeout=60)
 
 
 @needs_unsloth_env
@@ -120,7 +124,8 @@ def test_unavailable_when_unsloth_does_not_load_where_jobs_run(store: dict, tiny
     """Jobs pointed at an interpreter without unsloth (this one): the service still starts, says why, refuses."""
     env = {**store["env"], "TRAINYARD_PYTHON_EXECUTABLE": sys.executable}
     with Server(APP, env, log_path=store["tmp"] / "unavailable.log") as srv, client(srv) as c:
-        info = c.get("/info").json()
+        info = wait_for(c, "/info", lambda i: i["status"] != "starting", timeout=120)
+        assert info["status"] == "unavailable"
         assert info["available"] is False, info
         assert "unsloth does not load in the job environment" in info["unavailable_reason"]
         assert "No module named 'unsloth'" in info["unavailable_reason"]
@@ -145,3 +150,27 @@ def test_kubernetes_deployments_need_a_gpu_and_skip_the_local_probe() -> None:
     req = TrainingRequest.model_validate({"base_model": {"model_name": "m"}, "datasets": [{"source": "file:///d.jsonl"}]})
     assert backend.check(req, runner="kubernetes") == ["resources.gpus must be >= 1 for the unsloth backend on Kubernetes"]
     assert "does not exist" in (backend.unavailable_reason("local") or "")
+
+
+@needs_unsloth_env
+def test_reports_starting_while_it_checks_that_unsloth_loads(store: dict, tiny_model: Path, tmp_path: Path) -> None:
+    """`import unsloth` in the job environment takes seconds: meanwhile the service, and the gateway's
+    /v1/services, say "starting" (not down or unreachable) and a training request is told to retry."""
+    with Server(APP, store["env"], log_path=tmp_path / "unsloth.log") as srv, client(srv) as c:
+        assert httpx.get(f"{srv.url}/health").json()["status"] == "starting"
+        info = c.get("/info").json()
+        assert info["status"] == "starting" and info["available"] is False and info["unavailable_reason"] is None
+        r = c.post("/train", json=training_request(str(tiny_model), store["uris"]["sft_train"]))
+        assert r.status_code == 503 and r.json()["error"] == "backend_starting", r.text
+        assert "still starting" in r.json()["detail"] and "try again" in r.json()["detail"]
+        env = {**gateway_settings(f"sqlite:///{tmp_path / 'gw.db'}", tmp_path / "objects", tmp_path / "logs"),
+               "TRAINYARD_SERVICE_URL_UNSLOTH": srv.url}
+        with Server(GATEWAY, env, log_path=tmp_path / "gateway.log") as gw, gateway_client(gw) as g:
+            services = {s["name"]: s for s in ok(g.get("/v1/services"))}
+            unsloth = services["unsloth"]
+            assert unsloth["reachable"] is True and unsloth["status"] in ("starting", "ready"), unsloth
+            assert services["huggingface"]["status"] == "unreachable"
+            wait_for(c, "/info", lambda i: i["status"] != "starting", timeout=240)
+            unsloth = {s["name"]: s for s in ok(g.get("/v1/services"))}["unsloth"]
+            assert unsloth["status"] == "ready" and unsloth["info"]["available"] is True, unsloth
+        assert httpx.get(f"{srv.url}/health").json()["status"] == "healthy"

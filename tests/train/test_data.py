@@ -70,7 +70,7 @@ def test_blank_lines_skipped_but_line_numbers_kept(tmp_path: Path) -> None:
         ({"messages": [{"role": "user", "content": "hi"}]}, r"line 2: 'messages' must end with an assistant message"),
         (
             {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
-            r"line 2: messages\[0\]\.role must be one of assistant, system, user, got 'robot'",
+            r"line 2: messages\[0\]\.role must be one of assistant, system, user; got 'robot'",
         ),
         (
             {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]},
