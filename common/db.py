@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from common import idempotency
 from common.errors import Conflict, NotFound
 from common.schemas import (
     TERMINAL,
@@ -127,6 +128,7 @@ def make_engine(url: str) -> Engine:
 
 def init_db(engine: Engine) -> None:
     metadata.create_all(engine)
+    idempotency.init_table(engine)
     add_missing_columns(engine, metadata)
     add_missing_indexes(engine, metadata)
 

@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from sqlalchemy import Engine
 
-from common import db, jobs, logredact, secretbox
+from common import db, idempotency, jobs, logredact, secretbox
 from common.bodylimit import install_body_limit
 from common.errors import Unauthorized, install_handlers
 from common.outbound import OutboundPolicy
@@ -77,13 +77,21 @@ BackendDep = Annotated[BaseTrainerBackend, Depends(_backend)]
 StoreDep = Annotated[ObjectStore, Depends(_store)]
 OutboundDep = Annotated[OutboundPolicy, Depends(_outbound)]
 
+
+def _caller(backend: BackendDep) -> str:
+    """Idempotency keys are the service credential's: one scope per service (several may share a database)."""
+    return f"service:{backend.name}"
+
+
+Idempotent = Depends(idempotency.idempotent(_caller))
+
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 422, 503)}
 router = APIRouter(responses=ERRORS, dependencies=[Depends(require_service_token)])
 meta_router = APIRouter()  # /health: probes carry no credential
 report_router = APIRouter(responses={code: {"model": ErrorBody} for code in (401, 404, 422)})
 
 
-@router.post("/train", status_code=202, response_model=JobPublic, tags=["jobs"])
+@router.post("/train", status_code=202, response_model=JobPublic, tags=["jobs"], dependencies=[Idempotent])
 def train(
     body: TrainingRequest, engine: EngineDep, store: StoreDep, runner: RunnerDep, backend: BackendDep,
     outbound: OutboundDep,
@@ -126,7 +134,7 @@ def get_events(
     return jobs.events(engine, job_id, after_id=after, limit=limit)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, tags=["jobs"])
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, tags=["jobs"], dependencies=[Idempotent])
 def cancel_job(job_id: str, engine: EngineDep, runner: RunnerDep, outbound: OutboundDep) -> JobPublic:
     return jobs.cancel(engine, runner, job_id, outbound)
 
@@ -236,6 +244,7 @@ def create_service_app(backend: BaseTrainerBackend, settings: Settings | None = 
         )
         app.state.engine, app.state.store, app.state.runner, app.state.backend = engine, store, runner, backend
         app.state.outbound = outbound
+        app.state.idempotency = idempotency.IdempotencyStore(engine, settings.idempotency_ttl_seconds)
         listener.start()
         runner.start()
         backend.start(runner.name)
@@ -256,6 +265,7 @@ def create_service_app(backend: BaseTrainerBackend, settings: Settings | None = 
     )
     install_handlers(app)
     install_body_limit(app, settings.max_request_bytes)
+    idempotency.install(app)
     app.include_router(router)
     app.include_router(meta_router)
     app.state.report_app = report_app

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=1024 * 1024, gt=0, description="Largest request body read by any route except the upload routes (413 above)."
     )
+    idempotency_ttl_seconds: int = Field(
+        default=24 * 3600, gt=0, description="How long an Idempotency-Key's first response is kept and replayed."
+    )
 
     # runner
     runner: str = Field(default="local", description="local | kubernetes")

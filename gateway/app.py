@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from common import logredact, secretbox
+from common import idempotency, logredact, secretbox
 from common.bodylimit import install_body_limit
 from common.db import make_engine
 from common.errors import install_handlers
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
         gw.wake_validation = validation.wake
         refresher = Refresher(gw, settings.refresh_interval_seconds)
         app.state.gateway = gw
+        app.state.idempotency = idempotency.IdempotencyStore(engine, settings.idempotency_ttl_seconds)
         models.register_missing(gw)  # finetunes that completed while no gateway ran
         validation.start()
         refresher.start()
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, *, public: bool = True) -> Fast
     # the upload routes stream to storage under their own limits (max_upload_bytes, max_direct_upload_bytes)
     install_body_limit(app, settings.max_request_bytes,
                        exempt=("/v1/uploads/", "/v1/datasets/upload", "/v1/dataservice/datasets/upload"))
+    idempotency.install(app)
     app.include_router(health.router)
     if public:
         app.include_router(datasets.build_router(PUBLIC), prefix="/v1")

@@ -40,6 +40,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from common import idempotency
 from common.db import add_missing_columns, add_missing_indexes, aware
 from common.errors import NotFound
 from common.schemas import (
@@ -214,6 +215,7 @@ def finetune_id_of(model_id: str) -> str | None:
 
 def init_db(engine: Engine) -> None:
     metadata.create_all(engine)
+    idempotency.init_table(engine)
     add_missing_columns(engine, metadata)
     add_missing_indexes(engine, metadata)
 

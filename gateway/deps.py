@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request, Security
+from fastapi import Depends, Header, Query, Request, Security, params
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from common import idempotency
 from common.schemas import MAX_QUERY_INT, Scope
 from gateway import auth
 from gateway.auth import Principal
@@ -64,3 +65,13 @@ PUBLIC = Auth(read=_user(Scope.read), write=_user(Scope.write))
 INTERNAL = Auth(read=_internal, write=_internal)
 
 ReaderDep = Annotated[Principal, Depends(PUBLIC.read)]
+
+
+def idempotent(auth: Auth) -> params.Depends:
+    """The ``Idempotency-Key`` dependency of a route that creates or starts something: keys are the
+    caller's workspace's, checked after authentication (common.idempotency)."""
+
+    def workspace(who: Annotated[Principal, Depends(auth.write)]) -> str:
+        return f"workspace:{who.workspace_id}"
+
+    return Depends(idempotency.idempotent(workspace))

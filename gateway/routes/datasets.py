@@ -19,7 +19,7 @@ from common.schemas import (
 )
 from gateway import datasets
 from gateway.auth import Principal
-from gateway.deps import Auth, GatewayDep, Limit, Offset
+from gateway.deps import Auth, GatewayDep, Limit, Offset, idempotent
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422)}
 
@@ -59,25 +59,35 @@ UPLOAD_FORM = {
 }
 
 
+def _upload_length(request: Request, gw: GatewayDep) -> int:
+    """The multipart body's declared length, refused before anything reads the body."""
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise BadRequest("send the file with a Content-Length (a multipart/form-data body)")
+    limit = gw.settings.max_direct_upload_bytes
+    if int(length) > limit + 64 * 1024:
+        raise PayloadTooLarge(f"the file is larger than the limit of {limit} bytes")
+    return int(length)
+
+
 def build_router(auth: Auth, tag: str = "datasets") -> APIRouter:
     Reader = Annotated[Principal, Depends(auth.read)]
     Writer = Annotated[Principal, Depends(auth.write)]
     router = APIRouter(prefix="/datasets", tags=[tag], responses=ERRORS)
+    Idempotent = idempotent(auth)
 
-    @router.post("", response_model=Envelope[DatasetCreated])
+    @router.post("", response_model=Envelope[DatasetCreated], dependencies=[Idempotent])
     def create_dataset(body: DatasetCreate, who: Writer, gw: GatewayDep, request: Request) -> Envelope[DatasetCreated]:
         """Create a dataset; PUT its file to `signed_url`, then attach it with PUT /datasets/{id}."""
         return Envelope(data=datasets.create(gw, who, body, str(request.base_url)))
 
-    @router.post("/upload", response_model=Envelope[DatasetPublic], openapi_extra=UPLOAD_FORM)
-    async def upload_dataset(request: Request, who: Writer, gw: GatewayDep) -> Envelope[DatasetPublic]:
+    # the length is checked before the Idempotency-Key dependency reads the body
+    @router.post("/upload", response_model=Envelope[DatasetPublic], openapi_extra=UPLOAD_FORM,
+                 dependencies=[Depends(_upload_length), Idempotent])
+    async def upload_dataset(
+        request: Request, who: Writer, gw: GatewayDep, length: Annotated[int, Depends(_upload_length)]
+    ) -> Envelope[DatasetPublic]:
         """Create a dataset from a small file in one multipart call (limit: max_direct_upload_bytes)."""
-        length = request.headers.get("content-length")
-        if length is None or not length.isdigit():
-            raise BadRequest("send the file with a Content-Length (a multipart/form-data body)")
-        limit = gw.settings.max_direct_upload_bytes
-        if int(length) > limit + 64 * 1024:
-            raise PayloadTooLarge(f"the file is larger than the limit of {limit} bytes")
         form = await request.form(max_files=1, max_fields=10)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -91,7 +101,7 @@ def build_router(auth: Auth, tag: str = "datasets") -> APIRouter:
                                  for x in e.errors()]) from e
         try:
             result = await run_in_threadpool(
-                datasets.upload_direct, gw, who, body, upload.file, int(length), str(request.base_url)
+                datasets.upload_direct, gw, who, body, upload.file, length, str(request.base_url)
             )
         finally:
             await form.close()

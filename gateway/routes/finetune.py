@@ -21,7 +21,7 @@ from common.schemas import (
 )
 from gateway import artifacts, finetunes
 from gateway.auth import Principal
-from gateway.deps import Auth, GatewayDep, Limit, Offset
+from gateway.deps import Auth, GatewayDep, Limit, Offset, idempotent
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 502, 503)}
 
@@ -30,8 +30,9 @@ def build_router(auth: Auth, tag: str = "finetune") -> APIRouter:
     Reader = Annotated[Principal, Depends(auth.read)]
     Writer = Annotated[Principal, Depends(auth.write)]
     router = APIRouter(prefix="/finetune", tags=[tag], responses=ERRORS)
+    Idempotent = idempotent(auth)
 
-    @router.post("", response_model=Envelope[FinetuneCreated])
+    @router.post("", dependencies=[Idempotent], response_model=Envelope[FinetuneCreated])
     def create_finetune(body: FinetuneCreate, who: Writer, gw: GatewayDep) -> Envelope[FinetuneCreated]:
         """Create a finetune (status `created`); `provider` picks the trainer service."""
         return Envelope(data=finetunes.create(gw, who, body))
@@ -53,19 +54,19 @@ def build_router(auth: Auth, tag: str = "finetune") -> APIRouter:
         """Attach datasets; resets the finetune to `created` (409 while its job is pending or running)."""
         return Envelope(data=finetunes.update(gw, who, finetune_id, body))
 
-    @router.post("/{finetune_id}/validation/start", response_model=Envelope[FinetunePublic])
+    @router.post("/{finetune_id}/validation/start", dependencies=[Idempotent], response_model=Envelope[FinetunePublic])
     def start_validation(finetune_id: str, who: Writer, gw: GatewayDep) -> Envelope[FinetunePublic]:
         """Validate the datasets in the background; poll GET until pk_dataset_validation_successfull or _failed."""
         return Envelope(data=finetunes.start_validation(gw, who, finetune_id))
 
-    @router.post("/{finetune_id}/start", response_model=Envelope[FinetunePublic])
+    @router.post("/{finetune_id}/start", dependencies=[Idempotent], response_model=Envelope[FinetunePublic])
     def start_finetune(
         finetune_id: str, who: Writer, gw: GatewayDep, body: Annotated[FinetuneStart | None, Body()] = None
     ) -> Envelope[FinetunePublic]:
         """Submit the training job (409 unless validation succeeded; 503 if the service is down)."""
         return Envelope(data=finetunes.start(gw, who, finetune_id, body or FinetuneStart()))
 
-    @router.post("/{finetune_id}/cancel", response_model=Envelope[FinetunePublic])
+    @router.post("/{finetune_id}/cancel", dependencies=[Idempotent], response_model=Envelope[FinetunePublic])
     def cancel_finetune(finetune_id: str, who: Writer, gw: GatewayDep) -> Envelope[FinetunePublic]:
         return Envelope(data=finetunes.cancel(gw, who, finetune_id))
 
