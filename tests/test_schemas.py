@@ -90,7 +90,7 @@ def test_values_the_trainer_refuses_are_refused_at_the_gateway() -> None:
 
 
 def test_each_schema_module_imports_only_the_contracts_below_it() -> None:
-    order = ["base", "training", "jobs", "validation", "gateway", "models"]
+    order = ["base", "training", "jobs", "validation", "gateway", "models", "inference"]
     package = REPO / "common" / "schemas"
     assert sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__") == sorted(order)
     for i, name in enumerate(order):
