@@ -286,8 +286,9 @@ def model_items(base: str, auth: dict[str, str]) -> list[dict[str, Any]]:
 def service_items(backend: str) -> list[dict[str, Any]]:
     base = f"{{{{{backend}_url}}}}"
     return [
-        request(f"{backend}: health", "GET", f"{base}/health",
-                tests=js(check("200 healthy", "pm.response.to.have.status(200); pm.expect(pm.response.json().status).to.eql('healthy')"))),
+        request(f"{backend}: health", "GET", f"{base}/health",  # 'starting' while a backend warms up (Unsloth's probe)
+                tests=js(check("200 healthy or starting",
+                               "pm.response.to.have.status(200); pm.expect(['healthy', 'starting']).to.include(pm.response.json().status)"))),
         request(f"{backend}: info", "GET", f"{base}/info",
                 tests=js("const info = pm.response.json();",
                          check("200", "pm.response.to.have.status(200)"),
