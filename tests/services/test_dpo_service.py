@@ -102,14 +102,14 @@ def test_dpo_job_raises_the_reward_margin(stack, tiny_model: Path) -> None:
 @pytest.mark.slow
 def test_sft_then_dpo_pipeline(stack, tiny_model: Path) -> None:
     """DPO whose base is an SFT job's output URI: the adapter is merged into its base, DPO trains on top."""
-    sft = training_request(str(tiny_model), stack["uris"]["sft_train"], max_steps=15, learning_rate=5e-3)
+    sft = training_request(str(tiny_model), stack["uris"]["sft_train"], max_steps=60, learning_rate=5e-3)
     with client(stack["hf"]) as c:
         sft_job = run_job(c, sft)
     sft_uri = sft_job["output_uri"]
     assert sft_uri.startswith("file://")
 
     # max_prompt_length keeps the last 12 prompt tokens (the words to reverse): exercised end to end here.
-    req = dpo_request(sft_uri, stack["uris"], max_prompt_length=12, max_steps=40)
+    req = dpo_request(sft_uri, stack["uris"], max_prompt_length=12)
     with client(stack["dpo"]) as c:
         job = run_job(c, req)
         logs = "\n".join(c.get(f"/jobs/{req['job_id']}/logs", params={"tail": 0}).json()["logs"])
