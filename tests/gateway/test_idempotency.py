@@ -176,6 +176,7 @@ def test_replay_conflict_and_expiry_on_each_database(gateway: Server, tmp_path: 
     """Through the internal API too (the control plane's workspace header is the scope)."""
     key = new_key()
     with client(gateway) as c:
+        before = finetune_count(c)  # the database may hold other tests' finetunes
         first = ok(c.post("/v1/finetune", json=finetune_body(), headers={HEADER: key}))
         replay = c.post("/v1/finetune", json=finetune_body(), headers={HEADER: key})
         assert ok(replay)["id"] == first["id"] and replay.headers[REPLAYED_HEADER] == "true"
@@ -185,13 +186,13 @@ def test_replay_conflict_and_expiry_on_each_database(gateway: Server, tmp_path: 
         again = c.post(f"/v1/finetune/{first['id']}/cancel", headers={HEADER: cancel_key})
         assert again.status_code == cancelled.status_code and again.json() == cancelled.json()
         assert again.headers[REPLAYED_HEADER] == "true"
-        assert finetune_count(c) == 1
+        assert finetune_count(c) == before + 1
         time.sleep(TTL_SECONDS + 0.5)
         after = c.post("/v1/finetune", json=finetune_body(), headers={HEADER: key})
         assert REPLAYED_HEADER.lower() not in after.headers
         assert ok(after)["id"] != first["id"]
-        assert finetune_count(c) == 2
-    internal = {"Authorization": f"Bearer {INTERNAL_TOKEN}", "x-workspace-id": "ws-control-plane", HEADER: key}
+        assert finetune_count(c) == before + 2
+    internal = {"Authorization": f"Bearer {INTERNAL_TOKEN}", "x-workspace-id": f"ws-cp-{uuid.uuid4().hex[:10]}", HEADER: key}
     with client(gateway, None) as c:
         one = ok(c.post("/v1/dataservice/finetune", json=finetune_body(), headers=internal))
         two = c.post("/v1/dataservice/finetune", json=finetune_body(), headers=internal)
