@@ -45,7 +45,7 @@ typecheck: install ## mypy over common/ and gateway/ (settings in pyproject.toml
 model: install ## build the tiny local model (cached) under var/models/tiny-llama
 	$(PY) -m common.train.tiny_model --out var/models/tiny-llama
 
-demo: install ## the whole flow through the gateway: dataset, signed upload, validation, training with live progress, an answer (starts and stops the stack if it is not up)
+demo: install ## fine-tune SmolLM2-135M-Instruct through the gateway, then base vs fine-tuned answers through /v1/chat/completions (starts and stops the stack if it is not up)
 	$(PY) examples/demo.py
 
 test: install ## run the test suite (SQLite and PostgreSQL, moto S3, real tiny training)
@@ -77,8 +77,9 @@ postman: newman model ## run the Postman collection with newman against the stac
 
 .PHONY: newman postman
 
-api-docs: install ## regenerate docs/API_SPEC.md and the Postman collection from the code (tests fail when stale)
+api-docs: install ## regenerate docs/API_SPEC.md, docs/configuration.md and the Postman collection from the code (tests fail when stale)
 	$(PY) docs/build_api_spec.py
+	$(PY) docs/build_config_docs.py
 	$(PY) postman/build_collection.py
 
 .PHONY: api-docs
