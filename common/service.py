@@ -177,7 +177,7 @@ def info(backend: BackendDep, runner: RunnerDep) -> BackendInfo:
     )
 
 
-def create_report_app(name: str = "") -> FastAPI:
+def create_report_app(name: str = "", settings: Settings | None = None) -> FastAPI:
     """The job-facing app: progress reports (per-job token) and /health, nothing else.
 
     The service's lifespan serves it on the report port with ``state.engine`` set."""
@@ -188,7 +188,7 @@ def create_report_app(name: str = "") -> FastAPI:
         "job's own token.",
     )
     install_handlers(app)
-    install_body_limit(app, get_settings().max_request_bytes)
+    install_body_limit(app, (settings or get_settings()).max_request_bytes)
     app.include_router(report_router)
     app.include_router(meta_router)
     return app
@@ -222,7 +222,7 @@ class ReportListener:
 
 def create_service_app(backend: BaseTrainerBackend, settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    report_app = create_report_app(backend.name)
+    report_app = create_report_app(backend.name, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -42,7 +42,7 @@ def s3_store(s3_server) -> Iterator[ObjectStore]:  # noqa: F811
         mp.setenv("AWS_ACCESS_KEY_ID", "testing")
         mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         store = ObjectStore(Settings(s3_endpoint_url=s3_server.endpoint_url), part_size=MIN_PART_SIZE)
-        store._client()  # resolve the dummy credentials while they are set
+        store.s3.client()  # resolve the dummy credentials while they are set
         yield store
 
 
@@ -56,7 +56,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     request.getfixturevalue("aws_env")
     store = request.getfixturevalue("s3_store")
     bucket = f"test-{uuid.uuid4().hex[:12]}"
-    store._client().create_bucket(Bucket=bucket)  # reuses the store's client; see s3_store
+    store.s3.client().create_bucket(Bucket=bucket)  # reuses the store's client; see s3_store
     return Backend(store, f"s3://{bucket}/base/t", "s3")
 
 
@@ -118,7 +118,7 @@ def test_put_stream_over_max_bytes_leaves_nothing(backend: Backend, tmp_path: Pa
         assert os.listdir(store.local_path(backend.base)) == ["existing.bin"]  # no temp files
     else:
         _, bucket, _ = parse_uri(backend.base)
-        uploads = store._client().list_multipart_uploads(Bucket=bucket)
+        uploads = store.s3.client().list_multipart_uploads(Bucket=bucket)
         assert uploads.get("Uploads", []) == []
 
 
@@ -211,8 +211,8 @@ def test_readers_never_see_a_write_in_flight(backend: Backend) -> None:
                     seen[uri + ":spilled"] = sum(p.stat().st_size for p in store.local_path(backend.base).iterdir())
                 else:
                     _, bucket, _ = parse_uri(backend.base)
-                    [upload] = store._client().list_multipart_uploads(Bucket=bucket)["Uploads"]
-                    parts = store._client().list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    [upload] = store.s3.client().list_multipart_uploads(Bucket=bucket)["Uploads"]
+                    parts = store.s3.client().list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                     seen[uri + ":spilled"] = sum(p["Size"] for p in parts.get("Parts", []))
 
     for uri in (existing, new):

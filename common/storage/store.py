@@ -30,7 +30,7 @@ import shutil
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from common.errors import BadRequest, ObjectNotFound, StorageError
 from common.settings import Settings, get_settings
@@ -46,9 +46,6 @@ from common.storage.base import (
 )
 from common.storage.local import LocalBackend, atomic_file, file_errors
 from common.storage.s3 import DEFAULT_PART_SIZE, S3Backend
-
-if TYPE_CHECKING:
-    from botocore.client import BaseClient
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +74,6 @@ class ObjectStore:
             BadRequest: the URI does not parse (see ``parse_uri``).
         """
         return self._backends[parse_uri(uri)[0]]
-
-    def _client(self) -> BaseClient:
-        """The shared boto3 S3 client (for the tests' bucket set-up and inspection)."""
-        return self.s3.client()
 
     # ------------------------------------------------------------------ URIs
 
